@@ -1,0 +1,149 @@
+"""`python -m trainer {train,export,evaluate}`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from typing import Any
+
+from trainer.config import NetConfig, TrainConfig, is_pow2, preset
+
+log = logging.getLogger("trainer")
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="folder of images (recursive), CelebA's img_align_celeba, CIFAR-10 batches, or .npy/.npz")
+    p.add_argument("--out", default="runs", help="parent folder of the numbered run folders (default: runs)")
+    p.add_argument("--max-res", type=int, default=None, help="final resolution, a power of two (default: 256; tiny: 16)")
+    p.add_argument("--preset", default="fast", help="paper | fast | cpu | tiny (default: fast)")
+    p.add_argument("--arch", choices=["progan", "dcgan"], default="progan", help="dcgan: the fixed-resolution baseline")
+    p.add_argument("--loss", choices=["wgan-gp", "logistic"], help="default wgan-gp (the paper); logistic uses R1")
+    p.add_argument("--z-dim", type=int)
+    p.add_argument("--fmap-base", type=int)
+    p.add_argument("--fmap-max", type=int)
+    p.add_argument("--start-res", type=int)
+    p.add_argument("--fade-kimg", type=float, help="kimg per fade-in phase")
+    p.add_argument("--stab-kimg", type=float, help="kimg per stabilisation phase")
+    p.add_argument("--first-kimg", type=float, help="kimg at the start resolution (default: --stab-kimg)")
+    p.add_argument("--total-kimg", type=float, help="DCGAN budget (default: the ProGAN schedule's total)")
+    p.add_argument("--batch", type=int, help="one minibatch size for every resolution")
+    p.add_argument("--lr", type=float, help="one learning rate for every resolution")
+    p.add_argument("--gp-lambda", type=float)
+    p.add_argument("--r1-gamma", type=float)
+    p.add_argument("--label-smoothing", type=float, help="one-sided: real target 1 - s (logistic loss)")
+    p.add_argument("--spectral-norm", action="store_true", help="spectral normalisation of D's layers")
+    p.add_argument("--ema-beta", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--amp", choices=["bf16", "fp16", "off"], help="CUDA mixed precision (default bf16)")
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile G and D")
+    p.add_argument("--no-flips", action="store_true", help="turn off random horizontal flips")
+    p.add_argument("--tick-kimg", type=float, help="stats, grid, plot and checkpoint interval")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    p.add_argument("--cifar-class", help="CIFAR-10 data: keep one class (e.g. automobile or car)")
+    p.add_argument("--cache-dir", help="decoded-image cache (default: $PROGAN_CACHE/data or ~/.cache/progan/data)")
+    p.add_argument("--allow-upscale", action="store_true", help="train above the data's native resolution")
+    p.add_argument("--resume", help="checkpoint.pt or run folder to continue exactly where it stopped")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the schedule, then exit")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def resolve_configs(a: argparse.Namespace) -> tuple[NetConfig, TrainConfig]:
+    net_kw, train_kw = preset(a.preset)
+    net_kw["arch"] = a.arch
+    net_kw["max_res"] = a.max_res or (16 if a.preset == "tiny" else 256)
+    for arg, key, target in [
+        ("z_dim", "z_dim", net_kw), ("fmap_base", "fmap_base", net_kw), ("fmap_max", "fmap_max", net_kw),
+        ("loss", "loss", train_kw), ("start_res", "start_res", train_kw), ("fade_kimg", "fade_kimg", train_kw),
+        ("stab_kimg", "stab_kimg", train_kw), ("first_kimg", "first_kimg", train_kw),
+        ("total_kimg", "total_kimg", train_kw), ("gp_lambda", "gp_lambda", train_kw),
+        ("r1_gamma", "r1_gamma", train_kw), ("label_smoothing", "label_smoothing", train_kw),
+        ("ema_beta", "ema_beta", train_kw), ("seed", "seed", train_kw), ("amp", "amp", train_kw),
+        ("tick_kimg", "tick_kimg", train_kw), ("max_steps", "max_steps", train_kw),
+    ]:
+        if getattr(a, arg) is not None:
+            target[key] = getattr(a, arg)
+    if a.spectral_norm:
+        net_kw["spectral_norm"] = True
+    if a.batch is not None:
+        train_kw.update(batch_by_res={}, default_batch=a.batch)
+    if a.lr is not None:
+        train_kw.update(lr_by_res={}, default_lr=a.lr, dcgan_lr=a.lr)
+    if a.no_channels_last:
+        train_kw["channels_last"] = False
+    if a.no_flips:
+        train_kw["flips"] = False
+    if a.compile:
+        train_kw["compile"] = True
+    if not is_pow2(net_kw["max_res"]):
+        raise ValueError(f"--max-res must be a power of two >= 4 (4, 8, 16, ... 1024), got {net_kw['max_res']}")
+    if a.arch == "dcgan" and net_kw["max_res"] < 8:
+        raise ValueError("the DCGAN baseline needs --max-res 8 or more")
+    if train_kw.get("label_smoothing", 0) and train_kw.get("loss", "wgan-gp") == "wgan-gp" and a.arch == "progan":
+        raise ValueError("--label-smoothing applies to the logistic loss; add --loss logistic")
+    return NetConfig(**net_kw), TrainConfig(**train_kw)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from trainer.config import schedule  # noqa: F401  (validates start_res)
+    from trainer.loop import describe_schedule, train
+
+    if a.resume is None and not a.data:
+        raise ValueError("--data is required (or --resume a checkpoint)")
+    net, cfg = resolve_configs(a)
+    if a.resume is not None:
+        from trainer.checkpoint import load_state, net_config
+
+        state = load_state(a.resume)
+        net = net_config(state)
+        cfg = TrainConfig.from_json({**state["train_cfg"], "max_steps": cfg.max_steps})
+        a.data = a.data or state["data"]
+    if a.dry_run:
+        print(json.dumps({"net": dataclasses.asdict(net), "train": cfg.to_json(), "data": a.data}, indent=2))
+        print(describe_schedule(net, cfg))
+        return 0
+    result = train(net, cfg, a.data, a.out, resume=a.resume, cache_dir=a.cache_dir, cifar_class=a.cifar_class,
+                   allow_upscale=a.allow_upscale, progress=not a.quiet)
+    state_word = "finished" if result.done else "stopped"
+    print(f"{state_word} at {result.cur_nimg / 1000:.2f} kimg, {result.res}x{result.res}; run folder: {result.run_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m trainer", description="Progressive GAN trainer")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    add_train_arguments(sub.add_parser("train", help="train a progressive GAN (or the DCGAN baseline)"))
+    from trainer import export
+
+    export.add_arguments(sub.add_parser("export", help="export per-resolution ONNX generators + manifest.json"))
+    try:
+        from trainer import evaluate
+    except ImportError as e:  # the metrics extra may be missing
+        evaluate = None  # type: ignore[assignment]
+        log.debug("evaluate unavailable: %s", e)
+    if evaluate is not None:
+        evaluate.add_arguments(sub.add_parser("evaluate", help="FID, KID, MS-SSIM diversity and face rate"))
+    a = parser.parse_args(argv)
+    handlers: dict[str, Any] = {"train": cmd_train, "export": export.run}
+    if evaluate is not None:
+        handlers["evaluate"] = evaluate.run
+    from trainer.checkpoint import CheckpointError
+    from trainer.data import DataError
+    from trainer.loop import TrainingError
+
+    try:
+        return int(handlers[a.cmd](a) or 0)
+    except (ValueError, DataError, CheckpointError, TrainingError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint in the run folder is intact", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

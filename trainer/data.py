@@ -1,0 +1,242 @@
+"""Data: find images (folders, CelebA, CIFAR-10 batches, .npy/.npz), decode once into a uint8 cache per
+resolution (memory-mapped), and draw training batches from it without touching JPEG again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp"}
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR_ALIASES = {"car": "automobile", "cars": "automobile", "plane": "airplane"}
+CELEBA_CROP = 140 / 178  # the usual centred face crop of CelebA's aligned 178x218 images
+CACHE_VERSION = 1
+
+
+class DataError(ValueError):
+    """A problem with the training data that the user can fix."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the images come from and how to crop them."""
+
+    path: Path
+    kind: str  # "folder" | "celeba" | "cifar10" | "array"
+    files: tuple[Path, ...]  # images, CIFAR batches or one array file
+    cifar_class: str | None = None
+
+    @property
+    def key(self) -> str:
+        h = hashlib.sha1()
+        h.update(f"{CACHE_VERSION}|{self.path.resolve()}|{self.kind}|{self.cifar_class}|{len(self.files)}".encode())
+        for f in (self.files[0], self.files[-1]):
+            st = f.stat()
+            h.update(f"{f.name}|{st.st_size}|{int(st.st_mtime)}".encode())
+        return h.hexdigest()[:16]
+
+
+def find_source(path: str | Path, cifar_class: str | None = None) -> Source:
+    """Work out what kind of data `path` holds; raise DataError when there is nothing usable."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"data path {p} does not exist")
+    if p.is_file():
+        if p.suffix in (".npy", ".npz"):
+            return Source(p, "array", (p,))
+        raise DataError(f"{p} is a file; give a folder of images, CIFAR-10 batches, or a .npy/.npz array")
+    batches = sorted(p.glob("data_batch_*")) + sorted(p.glob("test_batch"))
+    if batches:
+        cls = CIFAR_ALIASES.get(cifar_class, cifar_class) if cifar_class else None
+        if cls is not None and cls not in CIFAR_CLASSES:
+            raise DataError(f"unknown CIFAR-10 class {cifar_class!r}; choose one of {', '.join(CIFAR_CLASSES)}")
+        return Source(p, "cifar10", tuple(batches), cls)
+    files = tuple(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file()))
+    if not files:
+        arrays = sorted(p.glob("*.np[yz]"))
+        if arrays:
+            return Source(arrays[0], "array", (arrays[0],))
+        raise DataError(f"no images (.jpg, .png, .webp) found under {p}")
+    kind = "celeba" if "img_align_celeba" in str(p) or files[0].parent.name.startswith("img_align_celeba") else "folder"
+    return Source(p, kind, files)
+
+
+def crop_box(w: int, h: int, kind: str) -> tuple[int, int, int, int]:
+    """Centred square crop: CelebA's usual face crop, else the largest centred square."""
+    side = round(w * CELEBA_CROP) if kind == "celeba" else min(w, h)
+    side = min(side, w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return left, top, left + side, top + side
+
+
+def honest_max_res(src: Source, probe: int = 64) -> int:
+    """The largest resolution the data gives without upscaling (from the first `probe` images' crops)."""
+    if src.kind == "cifar10":
+        return 32
+    if src.kind == "array":
+        arr = _load_array(src.files[0])
+        return int(min(arr.shape[1], arr.shape[2]))
+    sides = []
+    for f in src.files[:probe]:
+        try:
+            with Image.open(f) as im:
+                l, t, r, _ = crop_box(*im.size, src.kind)
+                sides.append(r - l)
+        except (OSError, UnidentifiedImageError):
+            continue
+    if not sides:
+        raise DataError(f"none of the first {probe} files under {src.path} could be read as an image")
+    return int(min(sides))
+
+
+def _load_array(path: Path) -> np.ndarray:
+    arr = np.load(path)
+    if isinstance(arr, np.lib.npyio.NpzFile):
+        arr = arr[arr.files[0]]
+    if arr.ndim != 4:
+        raise DataError(f"{path}: expected an array [N, H, W, 3] or [N, 3, H, W], got shape {arr.shape}")
+    if arr.shape[1] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(0, 2, 3, 1)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    if arr.dtype != np.uint8:
+        lo, hi = float(arr.min()), float(arr.max())
+        scale = 255.0 if hi <= 1.0 else 1.0
+        arr = np.clip(np.round((arr - (lo if lo < 0 else 0)) * (127.5 if lo < 0 else scale)), 0, 255).astype(np.uint8)
+    return arr
+
+
+def _load_cifar(src: Source) -> np.ndarray:
+    out = []
+    want = CIFAR_CLASSES.index(src.cifar_class) if src.cifar_class else None
+    for f in src.files:
+        with open(f, "rb") as fh:
+            d = pickle.load(fh, encoding="bytes")
+        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        if want is not None:
+            x = x[np.asarray(d[b"labels"]) == want]
+        out.append(x)
+    return np.concatenate(out)
+
+
+def _resize(arr: np.ndarray, res: int) -> np.ndarray:
+    return np.stack([np.asarray(Image.fromarray(a).resize((res, res), Image.Resampling.LANCZOS)) for a in arr])
+
+
+def downsample_box(arr: np.ndarray) -> np.ndarray:
+    """2x2 box average of uint8 images [N, H, W, 3] (the paper's dataset tool does the same)."""
+    n, h, w, c = arr.shape
+    x = arr.reshape(n, h // 2, 2, w // 2, 2, c).astype(np.uint16).sum(axis=(2, 4))
+    return ((x + 2) // 4).astype(np.uint8)
+
+
+def _decode(src: Source, res: int, progress: bool) -> tuple[np.ndarray, int]:
+    """Decode every image to [N, res, res, 3] uint8; unreadable files are skipped and counted."""
+    if src.kind == "cifar10":
+        arr = _load_cifar(src)
+        return (arr if res == 32 else _resize(arr, res)), 0
+    if src.kind == "array":
+        arr = _load_array(src.files[0])
+        return (arr if arr.shape[1] == res == arr.shape[2] else _resize(arr, res)), 0
+    out = np.empty((len(src.files), res, res, 3), dtype=np.uint8)
+    n, skipped = 0, 0
+    for f in tqdm(src.files, desc=f"decoding {src.path.name} to {res}x{res}", unit="img", disable=not progress):
+        try:
+            with Image.open(f) as im:
+                box = crop_box(*im.size, src.kind)
+                side = box[2] - box[0]
+                if im.format == "JPEG" and side >= 2 * res:  # decode at 1/2..1/8 scale in the DCT
+                    w0 = im.size[0]
+                    scale = min(side // res, 8)
+                    im.draft("RGB", (im.size[0] // scale, im.size[1] // scale))
+                    box = crop_box(*im.size, src.kind) if im.size[0] != w0 else box
+                img = im.convert("RGB").crop(box).resize((res, res), Image.Resampling.LANCZOS)
+            out[n] = np.asarray(img)
+            n += 1
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            skipped += 1
+            log.warning("skipping unreadable image %s: %s", f, e)
+    if skipped:
+        log.warning("skipped %d unreadable of %d files under %s", skipped, len(src.files), src.path)
+    if n == 0:
+        raise DataError(f"none of the {len(src.files)} files under {src.path} could be decoded")
+    return out[:n], skipped
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PROGAN_CACHE", Path.home() / ".cache" / "progan")) / "data"
+
+
+def _atomic_save(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, arr)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_images(
+    path: str | Path,
+    res: int,
+    *,
+    cache_dir: str | Path | None = None,
+    cifar_class: str | None = None,
+    allow_upscale: bool = False,
+    progress: bool = True,
+) -> np.ndarray:
+    """All images of `path` as a read-only uint8 memmap [N, res, res, 3], decoded once and cached.
+
+    Lower resolutions are 2x2 box averages of the next higher cached one, as in the paper."""
+    src = find_source(path, cifar_class)
+    root = Path(cache_dir or default_cache_dir()) / src.key
+    target = root / f"{res}.npy"
+    if not target.exists():
+        honest = honest_max_res(src)
+        if res > honest and not allow_upscale:
+            raise DataError(
+                f"{res}x{res} is more than {src.path} can honestly give: its crops are {honest}px "
+                f"(the largest honest resolution is {1 << (honest.bit_length() - 1)}); pass --allow-upscale to upscale anyway"
+            )
+        larger = sorted(int(p.stem) for p in root.glob("*.npy") if p.stem.isdigit() and int(p.stem) > res)
+        if larger:
+            arr = np.load(root / f"{larger[0]}.npy", mmap_mode="r")
+            r = larger[0]
+            while r > res:
+                arr, r = downsample_box(np.asarray(arr)), r // 2
+            _atomic_save(target, arr)
+        else:
+            arr, skipped = _decode(src, res, progress)
+            _atomic_save(target, arr)
+            meta = {"path": str(src.path.resolve()), "kind": src.kind, "count": len(arr), "skipped": skipped,
+                    "cifar_class": src.cifar_class}
+            (root / "meta.json").write_text(json.dumps(meta, indent=1))
+    arr = np.load(target, mmap_mode="r")
+    if len(arr) == 0:
+        raise DataError(f"no usable images in {path}")
+    return arr
+
+
+def load_pyramid(path: str | Path, max_res: int, min_res: int = 4, **kw: object) -> dict[int, np.ndarray]:
+    """load_images at max_res and every power of two below it down to min_res."""
+    out = {max_res: load_images(path, max_res, **kw)}  # type: ignore[arg-type]
+    r = max_res // 2
+    while r >= min_res:
+        out[r] = load_images(path, r, progress=False, **{k: v for k, v in kw.items() if k != "progress"})  # type: ignore[arg-type]
+        r //= 2
+    return out

@@ -1,0 +1,375 @@
+"""Export per-resolution generators to ONNX (uint8 NHWC out, fp16 weights stored once) plus manifest.json."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+from torch import Tensor, nn
+
+from trainer.checkpoint import CheckpointError, LoadedGenerator, load_generator
+from trainer.config import TrainConfig, locate, schedule
+from trainer.manifest import SCHEMA_VERSION, validate_manifest
+from trainer.networks import Generator, res_key
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+INPUT, OUTPUT = "z", "image"
+WEIGHTS_FILE = "weights.bin"
+
+
+# ---------------------------------------------------------------------------- graphs
+
+
+def to_uint8_nhwc(img: Tensor) -> Tensor:
+    """[N, 3, R, R] in about [-1, 1] -> uint8 [N, R, R, 3]: scale, round (half to even), clamp, transpose."""
+    return torch.round((img + 1.0) * 127.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class ExportedGenerator(nn.Module):
+    """The graph one resolution's ONNX file holds: z [N, z_dim] -> uint8 [N, res, res, 3]."""
+
+    def __init__(self, G: nn.Module, res: int, alpha: float = 1.0, head: nn.Conv2d | None = None) -> None:
+        super().__init__()
+        self.G, self.res, self.alpha, self.head = G, res, alpha, head
+
+    def forward(self, z: Tensor) -> Tensor:
+        if self.head is not None:
+            assert isinstance(self.G, Generator)
+            x, _ = self.G.features(z, self.res)
+            img = self.head(x)
+        else:
+            img = self.G(z, self.res, self.alpha)
+        return to_uint8_nhwc(img)
+
+
+@torch.no_grad()
+def fit_heads(G: Generator, top: int, alpha: float, resolutions: list[int], num: int = 1024, seed: int = 0
+              ) -> dict[int, nn.Conv2d]:
+    """Refit a 1x1 toRGB head per lower resolution by least squares, so that G cut at `r` reproduces the
+    final `top` output box-downscaled to `r`: one z then gives the same face at every resolution."""
+    z = torch.randn(num, G.z_dim, generator=torch.Generator().manual_seed(seed))
+    heads = {}
+    for r in resolutions:
+        if r >= top:
+            continue
+        xs, ys = [], []
+        for zc in z.split(128):
+            feat, _ = G.features(zc, r)  # [n, C, r, r]
+            target = F.avg_pool2d(G(zc, top, alpha), top // r)  # [n, 3, r, r]
+            xs.append(feat.permute(0, 2, 3, 1).reshape(-1, feat.shape[1]).double())
+            ys.append(target.permute(0, 2, 3, 1).reshape(-1, 3).double())
+        X, Y = torch.cat(xs), torch.cat(ys)
+        X1 = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
+        ridge = 1e-4 * torch.eye(X1.shape[1], dtype=X.dtype) * len(X1)
+        W = torch.linalg.solve(X1.T @ X1 + ridge, X1.T @ Y)  # [C + 1, 3]
+        head = nn.Conv2d(X.shape[1], 3, 1)
+        head.weight.copy_(W[:-1].T.reshape(3, -1, 1, 1).float())
+        head.bias.copy_(W[-1].float())
+        heads[r] = head
+    return heads
+
+
+@torch.no_grad()
+def consistency(G: Generator, top: int, alpha: float, r: int, head: nn.Module | None, num: int = 256,
+                seed: int = 1) -> float:
+    """Mean absolute difference (grey levels) between the `r` image of z and the `top` image of z downscaled."""
+    z = torch.randn(num, G.z_dim, generator=torch.Generator().manual_seed(seed))
+    small = ExportedGenerator(G, r, 1.0, head)(z).float()  # [N, r, r, 3] grey levels
+    big = to_uint8_nhwc(F.avg_pool2d(G(z, top, alpha), top // r)).float()
+    return float((small - big).abs().mean())
+
+
+@torch.no_grad()
+def consistency_baseline(G: nn.Module, top: int, alpha: float, r: int, num: int = 256, seed: int = 1) -> float:
+    """The same distance between two different z (what 'a different face' looks like)."""
+    z = torch.randn(2 * num, G.z_dim, generator=torch.Generator().manual_seed(seed))
+    a = to_uint8_nhwc(F.avg_pool2d(G(z[:num], top, alpha), top // r)).float()
+    b = to_uint8_nhwc(F.avg_pool2d(G(z[num:], top, alpha), top // r)).float()
+    return float((a - b).abs().mean())
+
+
+def export_onnx(module: nn.Module, z_dim: int) -> onnx.ModelProto:
+    """torch -> ONNX with a dynamic batch axis and constant folding (the equalized-LR scales fold away)."""
+    z = torch.randn(2, z_dim)
+    for name in ("onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prog = torch.onnx.export(
+            module, (z,), None, input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET,
+            dynamic_shapes={"z": {0: torch.export.Dim("N", min=1, max=4096)}}, dynamo=True, optimize=True,
+            verbose=False,
+        )
+    assert prog is not None
+    model = prog.model_proto
+    for node in model.graph.node:  # the exporter's stack traces: large and of no use at run time
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.metadata_props[:]
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    return model
+
+
+class WeightStore:
+    """fp16 weights, each distinct tensor stored once in one file that every graph references."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fh = open(path, "wb")
+        self.index: dict[str, tuple[int, int]] = {}
+
+    def add(self, arr: np.ndarray) -> tuple[int, int]:
+        data = arr.astype(np.float16).tobytes()
+        key = hashlib.sha256(data + str(arr.shape).encode()).hexdigest()
+        if key not in self.index:
+            offset = self.fh.tell()
+            pad = (-offset) % 64
+            self.fh.write(b"\0" * pad)
+            self.index[key] = (offset + pad, len(data))
+            self.fh.write(data)
+        return self.index[key]
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def store_weights_fp16(model: onnx.ModelProto, store: WeightStore, min_elements: int = 64) -> onnx.ModelProto:
+    """Move float32 initializers into the shared fp16 store; a Cast back to float32 (folded by onnxruntime
+    at load) keeps the graph's arithmetic in float32."""
+    graph = model.graph
+    casts, keep = [], []
+    for init in graph.initializer:
+        arr = numpy_helper.to_array(init)
+        if init.data_type != TensorProto.FLOAT or arr.size < min_elements:
+            keep.append(init)
+            continue
+        offset, length = store.add(arr)
+        t = TensorProto(name=init.name + "__fp16", data_type=TensorProto.FLOAT16, dims=list(arr.shape))
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", store.path.name), ("offset", str(offset)), ("length", str(length))):
+            t.external_data.add(key=k, value=v)
+        keep.append(t)
+        casts.append(helper.make_node("Cast", [t.name], [init.name], to=TensorProto.FLOAT, name=f"cast_{init.name}"))
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(casts + nodes)
+    return model
+
+
+@torch.no_grad()
+def round_weights_fp16(module: nn.Module) -> None:
+    """Make the torch reference hold exactly the weights the ONNX files store."""
+    for p in module.parameters():
+        p.copy_(p.half().float())
+
+
+# ---------------------------------------------------------------------------- model folder
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dataset_licence(data: str) -> str:
+    if "celeba" in data.lower():
+        return "CelebA (Liu et al., ICCV 2015): non-commercial research purposes only"
+    if "cifar" in data.lower():
+        return "CIFAR-10 (Krizhevsky 2009): see the data set's terms"
+    return "unknown: see the data set's own licence"
+
+
+def trained_resolutions(lg: LoadedGenerator) -> list[int]:
+    if lg.arch == "dcgan":
+        return [lg.net_cfg.max_res]
+    return [r for r in lg.net_cfg.resolutions if r <= lg.res]
+
+
+def checkpoint_alpha(lg: LoadedGenerator) -> float:
+    """alpha of the top resolution when the checkpoint was written (mid-fade checkpoints export the blend)."""
+    st = lg.state
+    if lg.arch == "dcgan" or "train_cfg" not in st or "cur_nimg" not in st:
+        return 1.0
+    phases = schedule(lg.net_cfg, TrainConfig.from_json(st["train_cfg"]))
+    idx, alpha = locate(phases, int(st["cur_nimg"]))
+    return alpha if phases[idx].res == lg.res else 1.0
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    manifest: dict[str, Any]
+    modules: dict[int, nn.Module]  # the torch reference of each exported graph (fp16-rounded weights)
+
+
+def export_model(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    resolutions: list[int] | None = None,
+    name: str | None = None,
+    force: bool = False,
+    metrics: list[dict[str, Any]] | None = None,
+    consistency_method: str = "refit",
+) -> ExportResult:
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    lg = load_generator(checkpoint)
+    trained = trained_resolutions(lg)
+    wanted = sorted(resolutions) if resolutions else trained
+    never = [r for r in wanted if r not in trained]
+    if never:
+        raise ValueError(f"resolution(s) {never} were never trained in {checkpoint}; trained: {trained}")
+    top, alpha = max(trained), checkpoint_alpha(lg)
+    G = lg.G.float()
+    round_weights_fp16(G)
+
+    heads: dict[int, nn.Conv2d] = {}
+    report: dict[str, Any] = {"method": "single resolution" if lg.arch == "dcgan" else consistency_method}
+    if lg.arch == "progan" and len(trained) > 1:
+        assert isinstance(G, Generator)
+        heads = fit_heads(G, top, alpha, wanted)
+        for h in heads.values():
+            round_weights_fp16(h)
+        per_res = {}
+        for r in wanted:
+            if r >= top:
+                continue
+            per_res[str(r)] = {
+                "refit_torgb": round(consistency(G, top, alpha, r, heads[r]), 3),
+                "cut_original_torgb": round(consistency(G, top, alpha, r, G.to_rgb[res_key(r)]), 3),
+                "different_z": round(consistency_baseline(G, top, alpha, r), 3),
+            }
+        report.update(top=top, mean_abs_diff_grey_levels=per_res,
+                      note="distance of each resolution's image of z to the top image of z box-downscaled; "
+                      "'downscale the top output' would give 0 at the full top-resolution cost")
+        if consistency_method == "cut":
+            heads = {}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        store = WeightStore(tmp / WEIGHTS_FILE)
+        files: dict[str, Any] = {}
+        modules: dict[int, nn.Module] = {}
+        for r in wanted:
+            head = heads.get(r)
+            if lg.arch == "progan" and head is None and r < top:
+                head = G.to_rgb[res_key(r)]  # type: ignore[index]
+            module = ExportedGenerator(G, r, alpha if r == top else 1.0, head if r < top else None).eval()
+            model = store_weights_fp16(export_onnx(module, lg.z_dim), store)
+            fname = f"G_{r}.onnx"
+            onnx.save_model(model, tmp / fname)
+            modules[r] = module
+        store.close()
+        for r in wanted:
+            fname = f"G_{r}.onnx"
+            onnx.checker.check_model(str(tmp / fname), full_check=True)
+            files[str(r)] = {"file": fname, "sha256": sha256_file(tmp / fname), "bytes": (tmp / fname).stat().st_size}
+        st = lg.state
+        weights = {"file": WEIGHTS_FILE, "sha256": sha256_file(tmp / WEIGHTS_FILE),
+                   "bytes": (tmp / WEIGHTS_FILE).stat().st_size, "dtype": "float16"}
+        manifest: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "name": name or out.name,
+            "z_dim": lg.z_dim,
+            "latent": {"distribution": "normal", "mean": 0.0, "std": 1.0,
+                       "rng": "numpy.random.default_rng(seed).standard_normal(z_dim, dtype=numpy.float32)",
+                       "normalized_in_graph": lg.arch == "progan"},
+            "input": {"name": INPUT, "dtype": "float32", "shape": ["N", lg.z_dim]},
+            "output": {"name": OUTPUT, "dtype": "uint8", "shape": ["N", "R", "R", 3], "layout": "NHWC"},
+            "resolutions": files,
+            "weights": weights,
+            "opset": OPSET,
+            "consistency": report,
+            "provenance": {
+                "architecture": lg.arch,
+                "dataset": f"{st.get('data', 'unknown')} ({st.get('num_images', '?')} images)",
+                "license": dataset_licence(str(st.get("data", ""))),
+                "kimg": round(float(st.get("kimg", 0.0)), 3),
+                "preset": st.get("train_cfg", {}).get("preset", "unknown"),
+                "commit": st.get("commit", "unknown"),
+                "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+                "checkpoint": str(Path(checkpoint).name),
+                "net_config": asdict(lg.net_cfg),
+                "trainer_config": st.get("train_cfg", {}),
+            },
+            "metrics": {str(m["resolution"]): m for m in (metrics or [])},
+        }
+        manifest["total_bytes"] = weights["bytes"] + sum(f["bytes"] for f in files.values())
+        validate_manifest(manifest)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():  # --force: swap in, then drop the old one
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out, manifest, modules)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="run folder, checkpoint.pt or a G_ema-RES.pt snapshot")
+    p.add_argument("--out", required=True, help="model folder to write, e.g. models/celeba")
+    p.add_argument("--resolutions", help="comma list, e.g. 64,128,256 (default: every trained resolution)")
+    p.add_argument("--name", help="model name (default: the folder's name)")
+    p.add_argument("--force", action="store_true", help="replace an existing model folder")
+    p.add_argument("--metrics", nargs="*", default=[], help="metrics_RES.json files from `evaluate` to embed")
+    p.add_argument("--consistency", choices=["refit", "cut"], default="refit",
+                   help="lower resolutions: refit toRGB to the downscaled final output (default) or the trained heads")
+
+
+def run(a: argparse.Namespace) -> int:
+    try:
+        res = [int(x) for x in a.resolutions.split(",")] if a.resolutions else None
+    except ValueError:
+        raise ValueError(f"--resolutions must be a comma list of integers, got {a.resolutions!r}") from None
+    metrics = []
+    for f in a.metrics:
+        try:
+            m = json.loads(Path(f).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read metrics file {f}: {e}") from e
+        if "resolution" not in m:
+            raise ValueError(f"{f} has no 'resolution'; is it a metrics_RES.json written by `evaluate`?")
+        metrics.append(m)
+    try:
+        result = export_model(a.checkpoint, a.out, resolutions=res, name=a.name, force=a.force, metrics=metrics,
+                              consistency_method=a.consistency)
+    except CheckpointError:
+        raise
+    m = result.manifest
+    print(f"exported {m['name']} to {result.out}: resolutions {', '.join(m['resolutions'])}, "
+          f"{m['total_bytes'] / 1e6:.2f} MB")
+    return 0

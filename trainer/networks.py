@@ -1,0 +1,288 @@
+"""Networks only: ProGAN G and D (Karras et al. 2018) and the DCGAN baseline. No training logic here."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainer.config import NetConfig
+
+# ---------------------------------------------------------------------------- layers
+
+
+class EqualizedLinear(nn.Module):
+    """Dense layer with equalized learning rate: w ~ N(0, 1), scaled by gain / sqrt(fan_in) at run time."""
+
+    def __init__(self, in_features: int, out_features: int, gain: float = math.sqrt(2)) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.scale = gain / math.sqrt(in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.scale, self.bias)
+
+
+class EqualizedConv2d(nn.Module):
+    """Conv with equalized learning rate; same padding."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, gain: float = math.sqrt(2)) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        self.scale = gain / math.sqrt(in_ch * kernel * kernel)
+        self.padding = kernel // 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
+
+
+class PixelNorm(nn.Module):
+    """Normalise each pixel's feature vector to unit length (paper, section 4.2)."""
+
+    def __init__(self, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)
+
+
+class MinibatchStd(nn.Module):
+    """Append the mean over features and pixels of the per-group stddev as one extra feature map."""
+
+    def __init__(self, group_size: int = 4, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.group_size = group_size
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        g = min(self.group_size, n)
+        if n % g != 0:  # fall back to one group over the whole batch
+            g = n
+        y = x.reshape(g, -1, c, h, w).float()  # [G, M, C, H, W]; sample i is in group i % M
+        y = y - y.mean(dim=0)
+        y = (y.pow(2).mean(dim=0) + self.eps).sqrt()  # [M, C, H, W]
+        y = y.mean(dim=(1, 2, 3)).to(x.dtype)  # [M]
+        y = y.reshape(-1, 1, 1, 1).repeat(g, 1, h, w)  # [N, 1, H, W]
+        return torch.cat([x, y], dim=1)
+
+
+def lrelu(x: Tensor) -> Tensor:
+    return F.leaky_relu(x, 0.2)
+
+
+def upsample2x(x: Tensor) -> Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+def downsample2x(x: Tensor) -> Tensor:
+    return F.avg_pool2d(x, 2)
+
+
+def res_key(res: int) -> str:
+    return f"b{res}"
+
+
+# ---------------------------------------------------------------------------- ProGAN
+
+
+class GBlock(nn.Module):
+    """G block at `res`: (dense to 4x4 | upsample) then 3x3 conv(s), each followed by LReLU + PixelNorm."""
+
+    def __init__(self, res: int, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.res = res
+        self.norm = PixelNorm()
+        if res == 4:
+            self.dense = EqualizedLinear(in_ch, out_ch * 16, gain=math.sqrt(2) / 4)
+            self.conv0: EqualizedConv2d | None = None
+        else:
+            self.conv0 = EqualizedConv2d(in_ch, out_ch, 3)
+        self.conv1 = EqualizedConv2d(out_ch, out_ch, 3)
+        self.out_ch = out_ch
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.res == 4:
+            x = self.dense(x).reshape(x.shape[0], self.out_ch, 4, 4)  # [N, C, 4, 4]
+        else:
+            assert self.conv0 is not None
+            x = self.conv0(upsample2x(x))
+        x = self.norm(lrelu(x))
+        return self.norm(lrelu(self.conv1(x)))
+
+
+class Generator(nn.Module):
+    """z [N, z_dim] -> image [N, 3, res, res], about [-1, 1]. `res` and `alpha` select depth and fade."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.z_dim = cfg.z_dim
+        self.max_res = cfg.max_res
+        self.norm = PixelNorm()
+        self.blocks = nn.ModuleDict()
+        self.to_rgb = nn.ModuleDict()
+        in_ch = cfg.z_dim
+        for res in cfg.resolutions:
+            self.blocks[res_key(res)] = GBlock(res, in_ch, cfg.nf(res))
+            self.to_rgb[res_key(res)] = EqualizedConv2d(cfg.nf(res), 3, 1, gain=1.0)
+            in_ch = cfg.nf(res)
+
+    def features(self, z: Tensor, res: int) -> tuple[Tensor, Tensor | None]:
+        """Features at `res` and at `res / 2` (None at 4x4)."""
+        assert z.ndim == 2 and z.shape[1] == self.z_dim, f"z must be [N, {self.z_dim}], got {list(z.shape)}"
+        x = self.norm(z)
+        prev = None
+        for r in self.cfg.resolutions:
+            if r > res:
+                break
+            prev = x if r > 4 else None
+            x = self.blocks[res_key(r)](x)
+        return x, prev
+
+    def forward(self, z: Tensor, res: int | None = None, alpha: float = 1.0) -> Tensor:
+        res = res or self.max_res
+        assert res in self.cfg.resolutions, f"res {res} not in {self.cfg.resolutions}"
+        x, prev = self.features(z, res)
+        img = self.to_rgb[res_key(res)](x)
+        if prev is not None and alpha < 1.0:
+            old = upsample2x(self.to_rgb[res_key(res // 2)](prev))
+            img = torch.lerp(old, img, alpha)
+        return img
+
+
+class DBlock(nn.Module):
+    """D block at `res` > 4: two 3x3 convs then 2x average pooling."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv0 = EqualizedConv2d(in_ch, in_ch, 3)
+        self.conv1 = EqualizedConv2d(in_ch, out_ch, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = lrelu(self.conv0(x))
+        return downsample2x(lrelu(self.conv1(x)))
+
+
+class DOutput(nn.Module):
+    """D's last block at 4x4: minibatch stddev, 3x3 conv, dense, dense to one score."""
+
+    def __init__(self, ch: int, group_size: int) -> None:
+        super().__init__()
+        self.mbstd = MinibatchStd(group_size)
+        self.conv = EqualizedConv2d(ch + 1, ch, 3)
+        self.dense0 = EqualizedLinear(ch * 16, ch)
+        self.dense1 = EqualizedLinear(ch, 1, gain=1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = lrelu(self.conv(self.mbstd(x)))
+        x = lrelu(self.dense0(x.flatten(1)))
+        return self.dense1(x)  # [N, 1]
+
+
+class Discriminator(nn.Module):
+    """image [N, 3, res, res] -> score [N, 1]; mirrors G, with the same `res` / `alpha` fade."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.from_rgb = nn.ModuleDict()
+        self.blocks = nn.ModuleDict()
+        for res in cfg.resolutions:
+            self.from_rgb[res_key(res)] = EqualizedConv2d(3, cfg.nf(res), 1)
+            if res > 4:
+                self.blocks[res_key(res)] = DBlock(cfg.nf(res), cfg.nf(res // 2))
+        self.out = DOutput(cfg.nf(4), cfg.mbstd_group)
+        if cfg.spectral_norm:
+            for m in self.modules():
+                if isinstance(m, EqualizedConv2d | EqualizedLinear):
+                    nn.utils.parametrizations.spectral_norm(m, name="weight")
+
+    def forward(self, img: Tensor, res: int | None = None, alpha: float = 1.0) -> Tensor:
+        res = res or self.cfg.max_res
+        assert img.shape[-1] == res and img.shape[-2] == res, f"expected {res}x{res}, got {list(img.shape)}"
+        x = lrelu(self.from_rgb[res_key(res)](img))
+        if res > 4:
+            x = self.blocks[res_key(res)](x)
+            if alpha < 1.0:
+                old = lrelu(self.from_rgb[res_key(res // 2)](downsample2x(img)))
+                x = torch.lerp(old, x, alpha)
+            r = res // 2
+            while r > 4:
+                x = self.blocks[res_key(r)](x)
+                r //= 2
+        return self.out(x)
+
+
+# ---------------------------------------------------------------------------- DCGAN baseline
+
+
+class DCGANGenerator(nn.Module):
+    """Radford et al. 2016: z -> 4x4 by a transposed conv, then stride-2 transposed convs, BatchNorm, ReLU, tanh."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.z_dim = cfg.z_dim
+        self.max_res = cfg.max_res
+        n_up = int(math.log2(cfg.max_res)) - 2
+        ch = cfg.dcgan_width * 2**n_up
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(cfg.z_dim, ch, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(ch),
+            nn.ReLU(True),
+        ]
+        for _ in range(n_up - 1):
+            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+            ch //= 2
+        layers += [nn.ConvTranspose2d(ch, 3, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.ConvTranspose2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+
+    def forward(self, z: Tensor, res: int | None = None, alpha: float = 1.0) -> Tensor:
+        assert res in (None, self.max_res), f"DCGAN generates only {self.max_res}x{self.max_res}"
+        assert z.ndim == 2 and z.shape[1] == self.z_dim, f"z must be [N, {self.z_dim}], got {list(z.shape)}"
+        return self.net(z[:, :, None, None])
+
+
+class DCGANDiscriminator(nn.Module):
+    """Stride-2 convs with BatchNorm (not on the first) and LeakyReLU 0.2, then a 4x4 conv to one score."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n_down = int(math.log2(cfg.max_res)) - 2
+        ch = cfg.dcgan_width
+        layers: list[nn.Module] = [nn.Conv2d(3, ch, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        for _ in range(n_down - 1):
+            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, True)]
+            ch *= 2
+        layers += [nn.Conv2d(ch, 1, 4, 1, 0, bias=False)]
+        self.net = nn.Sequential(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+        if cfg.spectral_norm:
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.utils.parametrizations.spectral_norm(m)
+
+    def forward(self, img: Tensor, res: int | None = None, alpha: float = 1.0) -> Tensor:
+        return self.net(img).flatten(1)  # [N, 1]
+
+
+def build_networks(cfg: NetConfig) -> tuple[nn.Module, nn.Module]:
+    if cfg.arch == "dcgan":
+        return DCGANGenerator(cfg), DCGANDiscriminator(cfg)
+    return Generator(cfg), Discriminator(cfg)
+
+
+def build_generator(cfg: NetConfig) -> nn.Module:
+    return DCGANGenerator(cfg) if cfg.arch == "dcgan" else Generator(cfg)
