@@ -171,12 +171,12 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             tick_kimg=10.0,
         ),
     ),
-    # cpu: narrow networks that a few CPU cores can train to recognisable 64x64 faces in hours.
+    # cpu: narrow networks (64 channels at 4..16, 16 at 64x64) that two CPU cores train to 64x64 in ~1.5 hours.
     "cpu": (
-        dict(z_dim=128, fmap_base=1024, fmap_max=128),
+        dict(z_dim=128, fmap_base=512, fmap_max=64),
         dict(
-            fade_kimg=40.0,
-            stab_kimg=40.0,
+            fade_kimg=30.0,
+            stab_kimg=30.0,
             default_batch=16,
             default_lr=1e-3,
             loss="wgan-gp",

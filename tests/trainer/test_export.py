@@ -1,0 +1,95 @@
+"""ONNX export: parity with torch, the manifest schema, same-seed consistency, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from tests.conftest import REPO
+from trainer.cli import main
+from trainer.export import export_model
+from trainer.manifest import SCHEMA, ManifestError, validate_manifest
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    return export_model(tiny_run, tmp_path_factory.mktemp("export") / "tiny")
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_onnxruntime_matches_torch_within_one_grey_level(exported, batch: int) -> None:
+    m = exported.manifest
+    for res, entry in m["resolutions"].items():
+        sess = ort.InferenceSession(str(exported.out / entry["file"]), providers=["CPUExecutionProvider"])
+        z = np.random.default_rng(int(res) + batch).standard_normal((batch, m["z_dim"]), dtype=np.float32)
+        (got,) = sess.run(None, {m["input"]["name"]: z})
+        with torch.no_grad():
+            want = exported.modules[int(res)](torch.from_numpy(z)).numpy()
+        assert got.dtype == np.uint8 and got.shape == (batch, int(res), int(res), 3)
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_graphs_are_valid_and_fold_the_weight_scaling(exported) -> None:
+    for entry in exported.manifest["resolutions"].values():
+        path = exported.out / entry["file"]
+        onnx.checker.check_model(str(path), full_check=True)
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+        assert model.opset_import[0].version >= 17
+        out = model.graph.output[0].type.tensor_type
+        assert out.elem_type == onnx.TensorProto.UINT8 and out.shape.dim[0].dim_param == "N"
+        # weights stay fp16 in the shared file; the only float32 weight tensors are Casts of them
+        fp16 = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+        assert fp16 and all(i.data_location == onnx.TensorProto.EXTERNAL for i in fp16)
+        mul_inputs = {x for n in model.graph.node if n.op_type == "Mul" for x in n.input}
+        assert not any(i.name.removesuffix("__fp16") in mul_inputs for i in fp16), "unfolded weight scaling"
+
+
+def test_weights_are_stored_once(exported) -> None:
+    m = exported.manifest
+    n_params = sum(p.numel() for p in exported.modules[16].G.parameters())
+    assert m["weights"]["bytes"] < 2 * n_params * 1.3  # fp16, each tensor once (+ the small refitted heads)
+    assert m["total_bytes"] == m["weights"]["bytes"] + sum(e["bytes"] for e in m["resolutions"].values())
+
+
+def test_manifest_follows_schema_and_docs_copy(exported) -> None:
+    m = json.loads((exported.out / "manifest.json").read_text())
+    validate_manifest(m)
+    assert m["provenance"]["architecture"] == "progan" and "non-commercial" in m["provenance"]["license"]
+    assert json.loads((REPO / "docs" / "manifest.schema.json").read_text()) == SCHEMA
+    with pytest.raises(ManifestError, match="schema_version"):
+        validate_manifest({**m, "schema_version": 99})
+
+
+def test_same_seed_same_face_across_resolutions(exported) -> None:
+    rep = exported.manifest["consistency"]
+    assert rep["method"] == "refit" and rep["top"] == 16
+    for res, d in rep["mean_abs_diff_grey_levels"].items():
+        assert d["refit_torgb"] < d["cut_original_torgb"], res
+        assert d["refit_torgb"] < d["different_z"], res
+
+
+def test_export_cli_and_bad_input(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "m"
+    assert main(["export", str(tiny_run), "--out", str(out), "--resolutions", "8,16"]) == 0
+    assert sorted(json.loads((out / "manifest.json").read_text())["resolutions"]) == ["16", "8"]
+    assert main(["export", str(tiny_run), "--out", str(out)]) != 0
+    assert "already exists" in capsys.readouterr().err
+    before = (out / "manifest.json").read_text()
+    assert main(["export", str(tiny_run), "--out", str(out), "--resolutions", "32", "--force"]) != 0
+    assert "never trained" in capsys.readouterr().err
+    assert (out / "manifest.json").read_text() == before  # the failed export left the old model alone
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04broken")
+    assert main(["export", str(bad), "--out", str(tmp_path / "x")]) != 0
+    assert "corrupt" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.tmp-*"))
+    metrics = tmp_path / "metrics_16.json"
+    metrics.write_text(json.dumps({"resolution": 16, "fid": 123.4, "num": 100}))
+    assert main(["export", str(tiny_run), "--out", str(out), "--force", "--metrics", str(metrics)]) == 0
+    assert json.loads((out / "manifest.json").read_text())["metrics"]["16"]["fid"] == 123.4

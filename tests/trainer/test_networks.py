@@ -1,0 +1,120 @@
+"""Networks and losses against hand-computed values (CPU, tiny, fixed seeds)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.config import NetConfig
+from trainer.losses import gradient_penalty, logistic_d_loss, wgan_d_loss
+from trainer.networks import (
+    DCGANDiscriminator,
+    DCGANGenerator,
+    Discriminator,
+    EqualizedConv2d,
+    EqualizedLinear,
+    Generator,
+    MinibatchStd,
+    PixelNorm,
+)
+
+CFG = NetConfig(z_dim=16, max_res=32, fmap_base=64, fmap_max=16)
+
+
+@pytest.fixture(scope="module")
+def nets() -> tuple[Generator, Discriminator]:
+    torch.manual_seed(0)
+    return Generator(CFG).eval(), Discriminator(CFG).eval()
+
+
+@pytest.mark.parametrize("res", [4, 8, 16, 32])
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_shapes_at_every_resolution_and_alpha(nets, res: int, alpha: float) -> None:
+    G, D = nets
+    z = torch.randn(4, CFG.z_dim)
+    img = G(z, res, alpha)
+    assert img.shape == (4, 3, res, res)
+    assert D(img, res, alpha).shape == (4, 1)
+
+
+@pytest.mark.parametrize("res", [8, 16, 32])
+def test_fresh_resolution_at_alpha0_is_previous_output_upsampled(nets, res: int) -> None:
+    G, D = nets
+    z = torch.randn(4, CFG.z_dim)
+    grown = G(z, res, 0.0)
+    previous = F.interpolate(G(z, res // 2, 1.0), scale_factor=2, mode="nearest")
+    assert torch.equal(grown, previous)
+    img = torch.randn(4, 3, res, res)
+    assert torch.equal(D(img, res, 0.0), D(F.avg_pool2d(img, 2), res // 2, 1.0))
+
+
+def test_channels_follow_fmap_base_and_max() -> None:
+    paper = NetConfig(max_res=1024)
+    assert [paper.nf(r) for r in paper.resolutions] == [512, 512, 512, 512, 256, 128, 64, 32, 16]
+
+
+def test_equalized_lr_scales_at_run_time() -> None:
+    lin = EqualizedLinear(4, 1)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    assert lin(torch.ones(1, 4)).item() == pytest.approx(4 * math.sqrt(2) / math.sqrt(4))
+    conv = EqualizedConv2d(2, 1, 3, gain=1.0)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    out = conv(torch.ones(1, 2, 5, 5))
+    assert out[0, 0, 2, 2].item() == pytest.approx(18 / math.sqrt(18))  # 2*3*3 taps, fan_in 18
+    assert torch.allclose(EqualizedLinear(512, 8).weight.std(), torch.tensor(1.0), atol=0.05)  # N(0, 1) init
+
+
+def test_pixel_norm_hand_computed() -> None:
+    x = torch.tensor([3.0, 4.0]).view(1, 2, 1, 1)
+    y = PixelNorm()(x)
+    assert torch.allclose(y.flatten(), torch.tensor([3.0, 4.0]) / math.sqrt(12.5 + 1e-8))
+
+
+def test_minibatch_stddev_hand_computed() -> None:
+    x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 2, 2, 2).contiguous()
+    y = MinibatchStd(group_size=4)(x)
+    assert y.shape == (4, 3, 2, 2)
+    assert torch.allclose(y[:, 2], torch.full((4, 2, 2), math.sqrt(1.25 + 1e-8)))
+    # two groups of 2: sample i belongs to group i % 2 -> {0, 2} and {1, 3}: std 1 each
+    y2 = MinibatchStd(group_size=2)(x)
+    assert torch.allclose(y2[:, 2], torch.ones(4, 2, 2), atol=1e-6)
+
+
+def test_gradient_penalty_known_answer() -> None:
+    w = torch.zeros(1, 3, 2, 2)
+    w[0, 0, 0, 0], w[0, 1, 1, 1] = 2.0, math.sqrt(5)  # ||w|| = 3
+
+    def critic(x: torch.Tensor) -> torch.Tensor:
+        return (x * w).flatten(1).sum(1, keepdim=True)
+
+    real, fake = torch.randn(5, 3, 2, 2), torch.randn(5, 3, 2, 2)
+    gp = gradient_penalty(critic, real, fake, torch.rand(5))
+    assert torch.allclose(gp, torch.full((5,), 4.0))  # (3 - 1)^2
+    loss = wgan_d_loss(torch.tensor([1.0]), torch.tensor([0.5]), torch.tensor([4.0]), 10.0, 0.001)
+    assert loss.item() == pytest.approx(0.5 - 1.0 + 40.0 + 0.001)
+
+
+def test_one_sided_label_smoothing_moves_only_the_real_target() -> None:
+    zero = torch.zeros(3)
+    assert logistic_d_loss(zero, zero, 0.1).item() == pytest.approx(2 * math.log(2))
+    big = torch.full((3,), 20.0)
+    assert logistic_d_loss(big, -big, 0.0).item() < 1e-6
+    assert logistic_d_loss(big, -big, 0.1).item() > 1.0  # smoothing punishes over-confident reals
+
+
+def test_spectral_norm_option_builds_and_runs() -> None:
+    D = Discriminator(NetConfig(z_dim=8, max_res=8, fmap_base=32, fmap_max=8, spectral_norm=True))
+    assert D(torch.randn(4, 3, 8, 8), 8).shape == (4, 1)
+
+
+def test_dcgan_baseline_shapes() -> None:
+    cfg = NetConfig(arch="dcgan", z_dim=16, max_res=32, dcgan_width=8)
+    G, D = DCGANGenerator(cfg), DCGANDiscriminator(cfg)
+    img = G(torch.randn(4, 16))
+    assert img.shape == (4, 3, 32, 32) and img.abs().max() <= 1
+    assert D(img).shape == (4, 1)

@@ -1,0 +1,211 @@
+"""Training runs on real faces: outputs, resume, DDP, and every way a user can get it wrong."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REPO
+from trainer.checkpoint import load_generator, load_state
+from trainer.cli import main
+from trainer.data import find_source, load_images
+
+
+def _train(*args: str) -> int:
+    return main(["train", "--preset", "tiny", "--quiet", *args])
+
+
+def test_tiny_run_grows_to_16_with_outputs(tiny_run: Path) -> None:
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {"checkpoint.pt", "config.json", "stats.jsonl", "losses.png", "reals.png", "grids", "tb"} <= names
+    assert {"G_ema-0004.pt", "G_ema-0008.pt", "G_ema-0016.pt"} <= names
+    rows = [json.loads(line) for line in (tiny_run / "stats.jsonl").read_text().splitlines()]
+    assert [r["res"] for r in rows][-1] == 16 and {4, 8, 16} <= {r["res"] for r in rows}
+    assert any(r["phase"] == "fade" and 0 < r["alpha"] < 1 for r in rows)
+    grids = sorted(p.name for p in (tiny_run / "grids").iterdir())
+    assert any("res0016" in g for g in grids) and any(g.startswith("end-res0008") for g in grids)
+    lg = load_generator(tiny_run)
+    assert lg.res == 16 and lg.z_dim == 32
+    out = lg.G(torch.randn(2, 32), 16)
+    assert out.shape == (2, 3, 16, 16) and torch.isfinite(out).all()
+
+
+def test_dry_run_prints_schedule(capsys, faces_dir: Path) -> None:
+    assert _train("--data", str(faces_dir), "--max-res", "32", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "fade" in out and "stab" in out and "total" in out and '"max_res": 32' in out
+
+
+def test_paper_preset_schedule(capsys, faces_dir: Path) -> None:
+    assert main(["train", "--data", str(faces_dir), "--preset", "paper", "--max-res", "256", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "800.0" in out and "total 10400.0 kimg" in out  # 800 + 2 * 800 * 6
+
+
+def test_resume_mid_fade_is_exact(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    common = ["--data", str(faces_dir), "--max-res", "16", "--cache-dir", str(cache_dir)]
+    assert _train(*common, "--out", str(tmp_path / "a"), "--max-steps", "10") == 0
+    assert _train(*common, "--out", str(tmp_path / "b"), "--max-steps", "5") == 0
+    (run_b,) = (tmp_path / "b").iterdir()
+    assert 0 < load_state(run_b)["cur_nimg"] < 32 * 2  # stopped inside the 8x8 fade
+    assert _train("--resume", str(run_b), "--max-steps", "10") == 0
+    (run_a,) = (tmp_path / "a").iterdir()
+    a, b = load_state(run_a), load_state(run_b)
+    assert a["steps"] == b["steps"] == 10 and a["cur_nimg"] == b["cur_nimg"]
+    for key in ("G", "D", "G_ema"):
+        for name, t in a[key].items():
+            assert torch.equal(t, b[key][name]), f"{key}.{name} differs after resume"
+
+
+def test_dcgan_baseline_uses_the_same_loop(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    assert main(["train", "--data", str(faces_dir), "--preset", "tiny", "--arch", "dcgan", "--max-res", "16",
+                 "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--quiet", "--max-steps", "6"]) == 0
+    (run,) = tmp_path.iterdir()
+    assert (run / "grids").is_dir() and (run / "losses.png").exists()
+    assert load_generator(run).arch == "dcgan"
+
+
+def test_logistic_r1_spectral_norm_and_label_smoothing(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    assert _train("--data", str(faces_dir), "--max-res", "8", "--out", str(tmp_path), "--cache-dir",
+                  str(cache_dir), "--loss", "logistic", "--spectral-norm", "--label-smoothing", "0.1",
+                  "--max-steps", "4") == 0
+    (run,) = tmp_path.iterdir()
+    rows = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines()]
+    assert "r1" in rows[-1]
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def test_cache_is_uint8_memmap_and_reused(faces_dir: Path, cache_dir: Path) -> None:
+    a = load_images(faces_dir, 16, cache_dir=cache_dir)
+    assert a.dtype == np.uint8 and a.shape == (512, 16, 16, 3) and isinstance(a, np.memmap)
+    b = load_images(faces_dir, 16, cache_dir=cache_dir)
+    assert np.array_equal(a, b)
+    assert find_source(faces_dir).kind == "celeba"
+
+
+def test_unreadable_and_greyscale_files(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(folder / "sub" / "grey.webp")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    arr = load_images(folder, 32, cache_dir=tmp_path / "cache", progress=False)
+    assert arr.shape == (4, 32, 32, 3)
+
+
+def test_cifar_batches_with_class_filter(tmp_path: Path) -> None:
+    import pickle
+
+    rng = np.random.default_rng(0)
+    for i in (1, 2):
+        batch = {b"data": rng.integers(0, 255, (10, 3072), dtype=np.uint8), b"labels": [1, 3] * 5}
+        (tmp_path / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
+    cars = load_images(tmp_path, 32, cache_dir=tmp_path / "c", cifar_class="car", progress=False)
+    assert cars.shape == (10, 32, 32, 3)
+    with pytest.raises(ValueError, match="unknown CIFAR-10 class"):
+        load_images(tmp_path, 32, cache_dir=tmp_path / "c", cifar_class="unicorn")
+
+
+def test_npz_arrays(tmp_path: Path) -> None:
+    np.savez(tmp_path / "x.npz", images=np.zeros((6, 3, 8, 8), dtype=np.uint8))
+    assert load_images(tmp_path / "x.npz", 8, cache_dir=tmp_path / "c", progress=False).shape == (6, 8, 8, 3)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data", "/nonexistent/faces"], "does not exist"),
+        (["--data", "{empty}"], "no images"),
+        (["--data", "{faces}", "--max-res", "48"], "power of two"),
+        (["--data", "{faces}", "--max-res", "256"], "more than"),
+        (["--data", "{faces}", "--preset", "nope"], "unknown preset"),
+        (["--resume", "{corrupt}"], "corrupt"),
+        (["--resume", "/nonexistent/checkpoint.pt"], "does not exist"),
+    ],
+)
+def test_bad_input_clear_message_nonzero_exit(args, message, faces_dir, tmp_path, capsys) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage" * 100)
+    subst = {"{empty}": str(tmp_path / "empty"), "{faces}": str(faces_dir), "{corrupt}": str(tmp_path / "corrupt.pt")}
+    args = [subst.get(a, a) for a in args]
+    argv = ["train", "--quiet", "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "c"), *args]
+    if "--preset" not in args:
+        argv += ["--preset", "tiny"]
+    assert main(argv) != 0
+    assert message in capsys.readouterr().err
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(faces_dir, cache_dir, tmp_path, capsys) -> None:
+    assert _train("--data", str(faces_dir), "--max-res", "8", "--out", str(tmp_path), "--cache-dir",
+                  str(cache_dir), "--max-steps", "3") == 0
+    (run,) = tmp_path.iterdir()
+    state = load_state(run)
+    for t in state["D"].values():  # a diverged critic: its scores, and so the losses, become NaN
+        t.fill_(float("nan"))
+    torch.save({k: v for k, v in state.items() if k != "path"}, run / "checkpoint.pt")
+    saved = (run / "checkpoint.pt").read_bytes()
+    assert main(["train", "--quiet", "--resume", str(run), "--max-steps", "6"]) != 0
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "last good checkpoint" in err
+    assert (run / "checkpoint.pt").read_bytes() == saved  # nothing overwritten
+
+
+def test_full_disk_never_leaves_a_broken_checkpoint(faces_dir, cache_dir, tmp_path, capsys, monkeypatch) -> None:
+    import trainer.checkpoint as ck
+
+    assert _train("--data", str(faces_dir), "--max-res", "8", "--out", str(tmp_path), "--cache-dir",
+                  str(cache_dir), "--max-steps", "2") == 0
+    (run,) = tmp_path.iterdir()
+    good = load_state(run)
+
+    real_save = torch.save
+
+    def full_disk(obj, fh, *a, **k):  # write half, then fail as a full disk does
+        real_save(obj, fh, *a, **k)
+        fh.truncate(100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck.torch, "save", full_disk)
+    assert main(["train", "--quiet", "--resume", str(run), "--max-steps", "4"]) != 0
+    err = capsys.readouterr().err
+    assert "No space left" in err and "is intact" in err
+    monkeypatch.setattr(ck.torch, "save", real_save)
+    assert load_state(run)["cur_nimg"] == good["cur_nimg"]
+    assert not list(run.glob(".*.tmp"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_on_cpu(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "trainer", "train", "--data", str(faces_dir), "--preset", "tiny", "--max-res", "8",
+           "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--quiet", "--max-steps", "6"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = tmp_path.iterdir()
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    state = load_state(run)
+    assert state["steps"] == 6 and state["cur_nimg"] == 6 * 8  # global batch 8 = 2 ranks x 4
