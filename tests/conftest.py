@@ -42,8 +42,22 @@ def tiny_run(faces_dir: Path, cache_dir: Path, tmp_path_factory: pytest.TempPath
     from trainer.cli import main
 
     out = tmp_path_factory.mktemp("runs")
-    rc = main(["train", "--data", str(faces_dir), "--preset", "tiny", "--max-res", "16", "--out", str(out),
-               "--cache-dir", str(cache_dir), "--quiet"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(faces_dir),
+            "--preset",
+            "tiny",
+            "--max-res",
+            "16",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(cache_dir),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     (run,) = out.iterdir()
     return run

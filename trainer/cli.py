@@ -15,12 +15,21 @@ log = logging.getLogger("trainer")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="folder of images (recursive), CelebA's img_align_celeba, CIFAR-10 batches, or .npy/.npz")
+    p.add_argument(
+        "--data",
+        help="folder of images (recursive), CelebA's img_align_celeba, CIFAR-10 batches, or .npy/.npz",
+    )
     p.add_argument("--out", default="runs", help="parent folder of the numbered run folders (default: runs)")
-    p.add_argument("--max-res", type=int, default=None, help="final resolution, a power of two (default: 256; tiny: 16)")
+    p.add_argument(
+        "--max-res", type=int, default=None, help="final resolution, a power of two (default: 256; tiny: 16)"
+    )
     p.add_argument("--preset", default="fast", help="paper | fast | cpu | tiny (default: fast)")
-    p.add_argument("--arch", choices=["progan", "dcgan"], default="progan", help="dcgan: the fixed-resolution baseline")
-    p.add_argument("--loss", choices=["wgan-gp", "logistic"], help="default wgan-gp (the paper); logistic uses R1")
+    p.add_argument(
+        "--arch", choices=["progan", "dcgan"], default="progan", help="dcgan: the fixed-resolution baseline"
+    )
+    p.add_argument(
+        "--loss", choices=["wgan-gp", "logistic"], help="default wgan-gp (the paper); logistic uses R1"
+    )
     p.add_argument("--z-dim", type=int)
     p.add_argument("--fmap-base", type=int)
     p.add_argument("--fmap-max", type=int)
@@ -44,10 +53,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tick-kimg", type=float, help="stats, grid, plot and checkpoint interval")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     p.add_argument("--cifar-class", help="CIFAR-10 data: keep one class (e.g. automobile or car)")
-    p.add_argument("--cache-dir", help="decoded-image cache (default: $PROGAN_CACHE/data or ~/.cache/progan/data)")
+    p.add_argument(
+        "--cache-dir", help="decoded-image cache (default: $PROGAN_CACHE/data or ~/.cache/progan/data)"
+    )
     p.add_argument("--allow-upscale", action="store_true", help="train above the data's native resolution")
     p.add_argument("--resume", help="checkpoint.pt or run folder to continue exactly where it stopped")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and the schedule, then exit")
+    p.add_argument(
+        "--extend-kimg", type=float, help="with --resume: train this many kimg more at the final resolution"
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config and the schedule, then exit"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -56,13 +72,23 @@ def resolve_configs(a: argparse.Namespace) -> tuple[NetConfig, TrainConfig]:
     net_kw["arch"] = a.arch
     net_kw["max_res"] = a.max_res or (16 if a.preset == "tiny" else 256)
     for arg, key, target in [
-        ("z_dim", "z_dim", net_kw), ("fmap_base", "fmap_base", net_kw), ("fmap_max", "fmap_max", net_kw),
-        ("loss", "loss", train_kw), ("start_res", "start_res", train_kw), ("fade_kimg", "fade_kimg", train_kw),
-        ("stab_kimg", "stab_kimg", train_kw), ("first_kimg", "first_kimg", train_kw),
-        ("total_kimg", "total_kimg", train_kw), ("gp_lambda", "gp_lambda", train_kw),
-        ("r1_gamma", "r1_gamma", train_kw), ("label_smoothing", "label_smoothing", train_kw),
-        ("ema_beta", "ema_beta", train_kw), ("seed", "seed", train_kw), ("amp", "amp", train_kw),
-        ("tick_kimg", "tick_kimg", train_kw), ("max_steps", "max_steps", train_kw),
+        ("z_dim", "z_dim", net_kw),
+        ("fmap_base", "fmap_base", net_kw),
+        ("fmap_max", "fmap_max", net_kw),
+        ("loss", "loss", train_kw),
+        ("start_res", "start_res", train_kw),
+        ("fade_kimg", "fade_kimg", train_kw),
+        ("stab_kimg", "stab_kimg", train_kw),
+        ("first_kimg", "first_kimg", train_kw),
+        ("total_kimg", "total_kimg", train_kw),
+        ("gp_lambda", "gp_lambda", train_kw),
+        ("r1_gamma", "r1_gamma", train_kw),
+        ("label_smoothing", "label_smoothing", train_kw),
+        ("ema_beta", "ema_beta", train_kw),
+        ("seed", "seed", train_kw),
+        ("amp", "amp", train_kw),
+        ("tick_kimg", "tick_kimg", train_kw),
+        ("max_steps", "max_steps", train_kw),
     ]:
         if getattr(a, arg) is not None:
             target[key] = getattr(a, arg)
@@ -79,10 +105,16 @@ def resolve_configs(a: argparse.Namespace) -> tuple[NetConfig, TrainConfig]:
     if a.compile:
         train_kw["compile"] = True
     if not is_pow2(net_kw["max_res"]):
-        raise ValueError(f"--max-res must be a power of two >= 4 (4, 8, 16, ... 1024), got {net_kw['max_res']}")
+        raise ValueError(
+            f"--max-res must be a power of two >= 4 (4, 8, 16, ... 1024), got {net_kw['max_res']}"
+        )
     if a.arch == "dcgan" and net_kw["max_res"] < 8:
         raise ValueError("the DCGAN baseline needs --max-res 8 or more")
-    if train_kw.get("label_smoothing", 0) and train_kw.get("loss", "wgan-gp") == "wgan-gp" and a.arch == "progan":
+    if (
+        train_kw.get("label_smoothing", 0)
+        and train_kw.get("loss", "wgan-gp") == "wgan-gp"
+        and a.arch == "progan"
+    ):
         raise ValueError("--label-smoothing applies to the logistic loss; add --loss logistic")
     return NetConfig(**net_kw), TrainConfig(**train_kw)
 
@@ -95,20 +127,34 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise ValueError("--data is required (or --resume a checkpoint)")
     net, cfg = resolve_configs(a)
     if a.resume is not None:
-        from trainer.checkpoint import load_state, net_config
+        from trainer.checkpoint import load_state
+        from trainer.loop import resumed_configs
 
         state = load_state(a.resume)
-        net = net_config(state)
-        cfg = TrainConfig.from_json({**state["train_cfg"], "max_steps": cfg.max_steps})
+        net, cfg = resumed_configs(state, cfg.max_steps, a.extend_kimg or 0.0)
         a.data = a.data or state["data"]
+    elif a.extend_kimg is not None:
+        raise ValueError("--extend-kimg lengthens a resumed run; add --resume RUN")
     if a.dry_run:
         print(json.dumps({"net": dataclasses.asdict(net), "train": cfg.to_json(), "data": a.data}, indent=2))
         print(describe_schedule(net, cfg))
         return 0
-    result = train(net, cfg, a.data, a.out, resume=a.resume, cache_dir=a.cache_dir, cifar_class=a.cifar_class,
-                   allow_upscale=a.allow_upscale, progress=not a.quiet)
+    result = train(
+        net,
+        cfg,
+        a.data,
+        a.out,
+        resume=a.resume,
+        extend_kimg=a.extend_kimg or 0.0,
+        cache_dir=a.cache_dir,
+        cifar_class=a.cifar_class,
+        allow_upscale=a.allow_upscale,
+        progress=not a.quiet,
+    )
     state_word = "finished" if result.done else "stopped"
-    print(f"{state_word} at {result.cur_nimg / 1000:.2f} kimg, {result.res}x{result.res}; run folder: {result.run_dir}")
+    print(
+        f"{state_word} at {result.cur_nimg / 1000:.2f} kimg, {result.res}x{result.res}; run folder: {result.run_dir}"
+    )
     return 0
 
 
@@ -119,18 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     add_train_arguments(sub.add_parser("train", help="train a progressive GAN (or the DCGAN baseline)"))
     from trainer import export
 
-    export.add_arguments(sub.add_parser("export", help="export per-resolution ONNX generators + manifest.json"))
-    try:
-        from trainer import evaluate
-    except ImportError as e:  # the metrics extra may be missing
-        evaluate = None  # type: ignore[assignment]
-        log.debug("evaluate unavailable: %s", e)
-    if evaluate is not None:
-        evaluate.add_arguments(sub.add_parser("evaluate", help="FID, KID, MS-SSIM diversity and face rate"))
+    export.add_arguments(
+        sub.add_parser("export", help="export per-resolution ONNX generators + manifest.json")
+    )
+    from trainer import evaluate
+
+    evaluate.add_arguments(sub.add_parser("evaluate", help="FID, KID, MS-SSIM diversity and face rate"))
     a = parser.parse_args(argv)
-    handlers: dict[str, Any] = {"train": cmd_train, "export": export.run}
-    if evaluate is not None:
-        handlers["evaluate"] = evaluate.run
+    handlers: dict[str, Any] = {"train": cmd_train, "export": export.run, "evaluate": evaluate.run}
     from trainer.checkpoint import CheckpointError
     from trainer.data import DataError
     from trainer.loop import TrainingError

@@ -88,6 +88,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many G steps (tests, smoke runs)
     dcgan_lr: float = 2e-4  # DCGAN baseline: Adam(0.5, 0.999) at this rate, fixed resolution
     total_kimg: float | None = None  # DCGAN baseline budget (default: same as the ProGAN schedule)
+    extra_kimg: float = 0.0  # added to the last stabilisation (--resume ... --extend-kimg K)
 
     def batch(self, res: int) -> int:
         return self.batch_by_res.get(res, self.default_batch)
@@ -113,8 +114,9 @@ class TrainConfig:
 def schedule(net: NetConfig, cfg: TrainConfig) -> list[Phase]:
     """The whole run as phases. ProGAN: stabilise start_res, then fade + stabilise each larger one."""
     if net.arch == "dcgan":
-        progan_total = sum(p.kimg for p in schedule(dataclasses.replace(net, arch="progan"), cfg))
-        kimg = cfg.total_kimg if cfg.total_kimg is not None else progan_total
+        base = dataclasses.replace(cfg, extra_kimg=0.0)
+        progan_total = sum(p.kimg for p in schedule(dataclasses.replace(net, arch="progan"), base))
+        kimg = (cfg.total_kimg if cfg.total_kimg is not None else progan_total) + cfg.extra_kimg
         return [Phase(net.max_res, "stab", kimg, cfg.batch(net.max_res), cfg.dcgan_lr)]
     if not is_pow2(cfg.start_res) or cfg.start_res > net.max_res:
         raise ValueError(f"start_res must be a power of two in [4, {net.max_res}], got {cfg.start_res}")
@@ -126,6 +128,9 @@ def schedule(net: NetConfig, cfg: TrainConfig) -> list[Phase]:
         phases.append(Phase(res, "fade", cfg.fade_kimg, cfg.batch(res), cfg.lr(res)))
         phases.append(Phase(res, "stab", cfg.stab_kimg, cfg.batch(res), cfg.lr(res)))
         res *= 2
+    if cfg.extra_kimg:
+        last = phases[-1]
+        phases[-1] = dataclasses.replace(last, kimg=last.kimg + cfg.extra_kimg)
     return phases
 
 

@@ -41,7 +41,9 @@ class Source:
     @property
     def key(self) -> str:
         h = hashlib.sha1()
-        h.update(f"{CACHE_VERSION}|{self.path.resolve()}|{self.kind}|{self.cifar_class}|{len(self.files)}".encode())
+        h.update(
+            f"{CACHE_VERSION}|{self.path.resolve()}|{self.kind}|{self.cifar_class}|{len(self.files)}".encode()
+        )
         for f in (self.files[0], self.files[-1]):
             st = f.stat()
             h.update(f"{f.name}|{st.st_size}|{int(st.st_mtime)}".encode())
@@ -61,7 +63,9 @@ def find_source(path: str | Path, cifar_class: str | None = None) -> Source:
     if batches:
         cls = CIFAR_ALIASES.get(cifar_class, cifar_class) if cifar_class else None
         if cls is not None and cls not in CIFAR_CLASSES:
-            raise DataError(f"unknown CIFAR-10 class {cifar_class!r}; choose one of {', '.join(CIFAR_CLASSES)}")
+            raise DataError(
+                f"unknown CIFAR-10 class {cifar_class!r}; choose one of {', '.join(CIFAR_CLASSES)}"
+            )
         return Source(p, "cifar10", tuple(batches), cls)
     files = tuple(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS and f.is_file()))
     if not files:
@@ -69,7 +73,11 @@ def find_source(path: str | Path, cifar_class: str | None = None) -> Source:
         if arrays:
             return Source(arrays[0], "array", (arrays[0],))
         raise DataError(f"no images (.jpg, .png, .webp) found under {p}")
-    kind = "celeba" if "img_align_celeba" in str(p) or files[0].parent.name.startswith("img_align_celeba") else "folder"
+    kind = (
+        "celeba"
+        if "img_align_celeba" in str(p) or files[0].parent.name.startswith("img_align_celeba")
+        else "folder"
+    )
     return Source(p, kind, files)
 
 
@@ -92,8 +100,8 @@ def honest_max_res(src: Source, probe: int = 64) -> int:
     for f in src.files[:probe]:
         try:
             with Image.open(f) as im:
-                l, t, r, _ = crop_box(*im.size, src.kind)
-                sides.append(r - l)
+                left, _, right, _ = crop_box(*im.size, src.kind)
+                sides.append(right - left)
         except (OSError, UnidentifiedImageError):
             continue
     if not sides:
@@ -114,7 +122,9 @@ def _load_array(path: Path) -> np.ndarray:
     if arr.dtype != np.uint8:
         lo, hi = float(arr.min()), float(arr.max())
         scale = 255.0 if hi <= 1.0 else 1.0
-        arr = np.clip(np.round((arr - (lo if lo < 0 else 0)) * (127.5 if lo < 0 else scale)), 0, 255).astype(np.uint8)
+        arr = np.clip(np.round((arr - (lo if lo < 0 else 0)) * (127.5 if lo < 0 else scale)), 0, 255).astype(
+            np.uint8
+        )
     return arr
 
 
@@ -132,7 +142,9 @@ def _load_cifar(src: Source) -> np.ndarray:
 
 
 def _resize(arr: np.ndarray, res: int) -> np.ndarray:
-    return np.stack([np.asarray(Image.fromarray(a).resize((res, res), Image.Resampling.LANCZOS)) for a in arr])
+    return np.stack(
+        [np.asarray(Image.fromarray(a).resize((res, res), Image.Resampling.LANCZOS)) for a in arr]
+    )
 
 
 def downsample_box(arr: np.ndarray) -> np.ndarray:
@@ -152,7 +164,9 @@ def _decode(src: Source, res: int, progress: bool) -> tuple[np.ndarray, int]:
         return (arr if arr.shape[1] == res == arr.shape[2] else _resize(arr, res)), 0
     out = np.empty((len(src.files), res, res, 3), dtype=np.uint8)
     n, skipped = 0, 0
-    for f in tqdm(src.files, desc=f"decoding {src.path.name} to {res}x{res}", unit="img", disable=not progress):
+    for f in tqdm(
+        src.files, desc=f"decoding {src.path.name} to {res}x{res}", unit="img", disable=not progress
+    ):
         try:
             with Image.open(f) as im:
                 box = crop_box(*im.size, src.kind)
@@ -223,8 +237,13 @@ def load_images(
         else:
             arr, skipped = _decode(src, res, progress)
             _atomic_save(target, arr)
-            meta = {"path": str(src.path.resolve()), "kind": src.kind, "count": len(arr), "skipped": skipped,
-                    "cifar_class": src.cifar_class}
+            meta = {
+                "path": str(src.path.resolve()),
+                "kind": src.kind,
+                "count": len(arr),
+                "skipped": skipped,
+                "cifar_class": src.cifar_class,
+            }
             (root / "meta.json").write_text(json.dumps(meta, indent=1))
     arr = np.load(target, mmap_mode="r")
     if len(arr) == 0:

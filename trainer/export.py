@@ -45,7 +45,7 @@ def to_uint8_nhwc(img: Tensor) -> Tensor:
 class ExportedGenerator(nn.Module):
     """The graph one resolution's ONNX file holds: z [N, z_dim] -> uint8 [N, res, res, 3]."""
 
-    def __init__(self, G: nn.Module, res: int, alpha: float = 1.0, head: nn.Conv2d | None = None) -> None:
+    def __init__(self, G: nn.Module, res: int, alpha: float = 1.0, head: nn.Module | None = None) -> None:
         super().__init__()
         self.G, self.res, self.alpha, self.head = G, res, alpha, head
 
@@ -60,12 +60,13 @@ class ExportedGenerator(nn.Module):
 
 
 @torch.no_grad()
-def fit_heads(G: Generator, top: int, alpha: float, resolutions: list[int], num: int = 1024, seed: int = 0
-              ) -> dict[int, nn.Conv2d]:
+def fit_heads(
+    G: Generator, top: int, alpha: float, resolutions: list[int], num: int = 1024, seed: int = 0
+) -> dict[int, nn.Module]:
     """Refit a 1x1 toRGB head per lower resolution by least squares, so that G cut at `r` reproduces the
     final `top` output box-downscaled to `r`: one z then gives the same face at every resolution."""
     z = torch.randn(num, G.z_dim, generator=torch.Generator().manual_seed(seed))
-    heads = {}
+    heads: dict[int, nn.Module] = {}
     for r in resolutions:
         if r >= top:
             continue
@@ -81,14 +82,15 @@ def fit_heads(G: Generator, top: int, alpha: float, resolutions: list[int], num:
         W = torch.linalg.solve(X1.T @ X1 + ridge, X1.T @ Y)  # [C + 1, 3]
         head = nn.Conv2d(X.shape[1], 3, 1)
         head.weight.copy_(W[:-1].T.reshape(3, -1, 1, 1).float())
-        head.bias.copy_(W[-1].float())
+        head.bias.copy_(W[-1].float())  # type: ignore[union-attr]
         heads[r] = head
     return heads
 
 
 @torch.no_grad()
-def consistency(G: Generator, top: int, alpha: float, r: int, head: nn.Module | None, num: int = 256,
-                seed: int = 1) -> float:
+def consistency(
+    G: Generator, top: int, alpha: float, r: int, head: nn.Module | None, num: int = 256, seed: int = 1
+) -> float:
     """Mean absolute difference (grey levels) between the `r` image of z and the `top` image of z downscaled."""
     z = torch.randn(num, G.z_dim, generator=torch.Generator().manual_seed(seed))
     small = ExportedGenerator(G, r, 1.0, head)(z).float()  # [N, r, r, 3] grey levels
@@ -97,7 +99,9 @@ def consistency(G: Generator, top: int, alpha: float, r: int, head: nn.Module | 
 
 
 @torch.no_grad()
-def consistency_baseline(G: nn.Module, top: int, alpha: float, r: int, num: int = 256, seed: int = 1) -> float:
+def consistency_baseline(
+    G: Generator, top: int, alpha: float, r: int, num: int = 256, seed: int = 1
+) -> float:
     """The same distance between two different z (what 'a different face' looks like)."""
     z = torch.randn(2 * num, G.z_dim, generator=torch.Generator().manual_seed(seed))
     a = to_uint8_nhwc(F.avg_pool2d(G(z[:num], top, alpha), top // r)).float()
@@ -113,8 +117,15 @@ def export_onnx(module: nn.Module, z_dim: int) -> onnx.ModelProto:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(
-            module, (z,), None, input_names=[INPUT], output_names=[OUTPUT], opset_version=OPSET,
-            dynamic_shapes={"z": {0: torch.export.Dim("N", min=1, max=4096)}}, dynamo=True, optimize=True,
+            module,
+            (z,),
+            None,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            opset_version=OPSET,
+            dynamic_shapes={"z": {0: torch.export.Dim("N", min=1, max=4096)}},
+            dynamo=True,
+            optimize=True,
             verbose=False,
         )
     assert prog is not None
@@ -133,7 +144,7 @@ class WeightStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.fh = open(path, "wb")
+        self.fh = open(path, "wb")  # noqa: SIM115  (closed by close(); spans many graphs)
         self.index: dict[str, tuple[int, int]] = {}
 
     def add(self, arr: np.ndarray) -> tuple[int, int]:
@@ -167,7 +178,9 @@ def store_weights_fp16(model: onnx.ModelProto, store: WeightStore, min_elements:
         for k, v in (("location", store.path.name), ("offset", str(offset)), ("length", str(length))):
             t.external_data.add(key=k, value=v)
         keep.append(t)
-        casts.append(helper.make_node("Cast", [t.name], [init.name], to=TensorProto.FLOAT, name=f"cast_{init.name}"))
+        casts.append(
+            helper.make_node("Cast", [t.name], [init.name], to=TensorProto.FLOAT, name=f"cast_{init.name}")
+        )
     del graph.initializer[:]
     graph.initializer.extend(keep)
     nodes = list(graph.node)
@@ -197,7 +210,9 @@ def round_weights_fp16(module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def fp16_storage_error(G32: nn.Module, G16: nn.Module, res: int, z_dim: int, num: int = 64) -> tuple[float, int]:
+def fp16_storage_error(
+    G32: nn.Module, G16: nn.Module, res: int, z_dim: int, num: int = 64
+) -> tuple[float, int]:
     """Largest grey-level change that storing the weights as fp16 causes at `res` (honest size trade-off)."""
     z = torch.randn(num, z_dim, generator=torch.Generator().manual_seed(2))
     a = to_uint8_nhwc(G32(z, res)).int()
@@ -271,7 +286,7 @@ def export_model(
     G = copy.deepcopy(G32)
     round_weights_fp16(G)
 
-    heads: dict[int, nn.Conv2d] = {}
+    heads: dict[int, nn.Module] = {}
     report: dict[str, Any] = {"method": "single resolution" if lg.arch == "dcgan" else consistency_method}
     if lg.arch == "progan" and len(trained) > 1:
         assert isinstance(G, Generator)
@@ -287,9 +302,12 @@ def export_model(
                 "cut_original_torgb": round(consistency(G, top, alpha, r, G.to_rgb[res_key(r)]), 3),
                 "different_z": round(consistency_baseline(G, top, alpha, r), 3),
             }
-        report.update(top=top, mean_abs_diff_grey_levels=per_res,
-                      note="distance of each resolution's image of z to the top image of z box-downscaled; "
-                      "'downscale the top output' would give 0 at the full top-resolution cost")
+        report.update(
+            top=top,
+            mean_abs_diff_grey_levels=per_res,
+            note="distance of each resolution's image of z to the top image of z box-downscaled; "
+            "'downscale the top output' would give 0 at the full top-resolution cost",
+        )
         if consistency_method == "cut":
             heads = {}
 
@@ -301,8 +319,8 @@ def export_model(
         modules: dict[int, nn.Module] = {}
         for r in wanted:
             head = heads.get(r)
-            if lg.arch == "progan" and head is None and r < top:
-                head = G.to_rgb[res_key(r)]  # type: ignore[index]
+            if isinstance(G, Generator) and head is None and r < top:
+                head = G.to_rgb[res_key(r)]
             module = ExportedGenerator(G, r, alpha if r == top else 1.0, head if r < top else None).eval()
             model = store_weights_fp16(export_onnx(module, lg.z_dim), store)
             fname = f"G_{r}.onnx"
@@ -312,19 +330,31 @@ def export_model(
         for r in wanted:
             fname = f"G_{r}.onnx"
             onnx.checker.check_model(str(tmp / fname), full_check=True)
-            files[str(r)] = {"file": fname, "sha256": sha256_file(tmp / fname), "bytes": (tmp / fname).stat().st_size}
+            files[str(r)] = {
+                "file": fname,
+                "sha256": sha256_file(tmp / fname),
+                "bytes": (tmp / fname).stat().st_size,
+            }
         st = lg.state
         mean_err, max_err = fp16_storage_error(G32, G, top, lg.z_dim)
-        weights = {"file": WEIGHTS_FILE, "sha256": sha256_file(tmp / WEIGHTS_FILE),
-                   "bytes": (tmp / WEIGHTS_FILE).stat().st_size, "dtype": "float16",
-                   "fp16_vs_fp32_grey_levels": {"mean": round(mean_err, 4), "max": max_err, "res": top}}
+        weights = {
+            "file": WEIGHTS_FILE,
+            "sha256": sha256_file(tmp / WEIGHTS_FILE),
+            "bytes": (tmp / WEIGHTS_FILE).stat().st_size,
+            "dtype": "float16",
+            "fp16_vs_fp32_grey_levels": {"mean": round(mean_err, 4), "max": max_err, "res": top},
+        }
         manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "name": name or out.name,
             "z_dim": lg.z_dim,
-            "latent": {"distribution": "normal", "mean": 0.0, "std": 1.0,
-                       "rng": "numpy.random.default_rng(seed).standard_normal(z_dim, dtype=numpy.float32)",
-                       "normalized_in_graph": lg.arch == "progan"},
+            "latent": {
+                "distribution": "normal",
+                "mean": 0.0,
+                "std": 1.0,
+                "rng": "numpy.random.default_rng(seed).standard_normal(z_dim, dtype=numpy.float32)",
+                "normalized_in_graph": lg.arch == "progan",
+            },
             "input": {"name": INPUT, "dtype": "float32", "shape": ["N", lg.z_dim]},
             "output": {"name": OUTPUT, "dtype": "uint8", "shape": ["N", "R", "R", 3], "layout": "NHWC"},
             "resolutions": files,
@@ -372,8 +402,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="model name (default: the folder's name)")
     p.add_argument("--force", action="store_true", help="replace an existing model folder")
     p.add_argument("--metrics", nargs="*", default=[], help="metrics_RES.json files from `evaluate` to embed")
-    p.add_argument("--consistency", choices=["refit", "cut"], default="refit",
-                   help="lower resolutions: refit toRGB to the downscaled final output (default) or the trained heads")
+    p.add_argument(
+        "--consistency",
+        choices=["refit", "cut"],
+        default="refit",
+        help="lower resolutions: refit toRGB to the downscaled final output (default) or the trained heads",
+    )
 
 
 def run(a: argparse.Namespace) -> int:
@@ -391,11 +425,20 @@ def run(a: argparse.Namespace) -> int:
             raise ValueError(f"{f} has no 'resolution'; is it a metrics_RES.json written by `evaluate`?")
         metrics.append(m)
     try:
-        result = export_model(a.checkpoint, a.out, resolutions=res, name=a.name, force=a.force, metrics=metrics,
-                              consistency_method=a.consistency)
+        result = export_model(
+            a.checkpoint,
+            a.out,
+            resolutions=res,
+            name=a.name,
+            force=a.force,
+            metrics=metrics,
+            consistency_method=a.consistency,
+        )
     except CheckpointError:
         raise
     m = result.manifest
-    print(f"exported {m['name']} to {result.out}: resolutions {', '.join(m['resolutions'])}, "
-          f"{m['total_bytes'] / 1e6:.2f} MB")
+    print(
+        f"exported {m['name']} to {result.out}: resolutions {', '.join(m['resolutions'])}, "
+        f"{m['total_bytes'] / 1e6:.2f} MB"
+    )
     return 0

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -96,7 +95,9 @@ def make_optimizer(module: nn.Module, lr: float, cfg: TrainConfig, arch: str) ->
 def git_commit() -> str:
     try:
         here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
+        )
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
@@ -148,7 +149,9 @@ class StepContext:
     d: Dist
 
 
-def d_step(c: StepContext, reals: Tensor, res: int, alpha: float, opt: torch.optim.Optimizer) -> dict[str, float]:
+def d_step(
+    c: StepContext, reals: Tensor, res: int, alpha: float, opt: torch.optim.Optimizer
+) -> dict[str, float]:
     n = reals.shape[0]
     z = torch.randn(n, c.net.z_dim, generator=c.gen).to(c.device)
     with c.autocast:
@@ -174,8 +177,11 @@ def d_step(c: StepContext, reals: Tensor, res: int, alpha: float, opt: torch.opt
         c.scaler.step(opt)
     else:
         opt.step()
-    stats.update(loss_D=loss.item(), score_real=real_score.float().mean().item(),
-                 score_fake=fake_score.float().mean().item())
+    stats.update(
+        loss_D=loss.item(),
+        score_real=real_score.float().mean().item(),
+        score_fake=fake_score.float().mean().item(),
+    )
     return stats
 
 
@@ -183,8 +189,11 @@ def g_step(c: StepContext, n: int, res: int, alpha: float, opt: torch.optim.Opti
     z = torch.randn(n, c.net.z_dim, generator=c.gen).to(c.device)
     with c.autocast:
         fake_score = c.D(c.G(z, res, alpha), res, alpha)
-    loss = losses.wgan_g_loss(fake_score) if c.cfg.loss == "wgan-gp" and c.net.arch == "progan" \
+    loss = (
+        losses.wgan_g_loss(fake_score)
+        if c.cfg.loss == "wgan-gp" and c.net.arch == "progan"
         else losses.logistic_g_loss(fake_score)
+    )
     opt.zero_grad(set_to_none=True)
     (c.scaler.scale(loss) if c.scaler else loss).backward()
     allreduce_grads(c.G, c.d)
@@ -209,6 +218,16 @@ class TrainResult:
     stats: list[dict[str, Any]] = field(default_factory=list)
 
 
+def resumed_configs(
+    state: dict[str, Any], max_steps: int | None, extend_kimg: float
+) -> tuple[NetConfig, TrainConfig]:
+    """A checkpoint's own configs win on resume; only the step limit and an extension may change."""
+    extra = state["train_cfg"].get("extra_kimg", 0.0) + extend_kimg
+    return net_config(state), TrainConfig.from_json(
+        {**state["train_cfg"], "max_steps": max_steps, "extra_kimg": extra}
+    )
+
+
 def describe_schedule(net: NetConfig, cfg: TrainConfig) -> str:
     phases = schedule(net, cfg)
     lines = [f"{'phase':>5} {'res':>5} {'kind':>5} {'kimg':>8} {'from kimg':>10} {'batch':>6} {'lr':>8}"]
@@ -227,6 +246,7 @@ def train(
     out: str | Path,
     *,
     resume: str | Path | None = None,
+    extend_kimg: float = 0.0,
     cache_dir: str | Path | None = None,
     cifar_class: str | None = None,
     allow_upscale: bool = False,
@@ -246,21 +266,26 @@ def train(
     state = None
     if resume is not None:
         state = load_state(resume)
-        net = net_config(state)
-        cfg = TrainConfig.from_json({**state["train_cfg"], "max_steps": cfg.max_steps})
+        net, cfg = resumed_configs(state, cfg.max_steps, extend_kimg)
     phases = schedule(net, cfg)
     total_nimg = int(round(sum(p.kimg for p in phases) * 1000))
 
     # --- data: decode once (rank 0 first), then every rank maps the cache
     kw: dict[str, Any] = dict(cache_dir=cache_dir, cifar_class=cifar_class, allow_upscale=allow_upscale)
     if d.main:
-        pyramid = load_pyramid(data, net.max_res, progress=progress, **kw) if net.arch == "progan" \
+        pyramid = (
+            load_pyramid(data, net.max_res, progress=progress, **kw)
+            if net.arch == "progan"
             else {net.max_res: load_images(data, net.max_res, progress=progress, **kw)}
+        )
     if d.world > 1:
         dist.barrier()
     if not d.main:
-        pyramid = load_pyramid(data, net.max_res, progress=False, **kw) if net.arch == "progan" \
+        pyramid = (
+            load_pyramid(data, net.max_res, progress=False, **kw)
+            if net.arch == "progan"
             else {net.max_res: load_images(data, net.max_res, progress=False, **kw)}
+        )
     num_images = len(pyramid[net.max_res])
 
     # --- run folder
@@ -281,8 +306,8 @@ def train(
     D.to(device)
     channels_last = cfg.channels_last and cuda
     if channels_last:
-        G.to(memory_format=torch.channels_last)
-        D.to(memory_format=torch.channels_last)
+        G.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        D.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     broadcast_params(G, d)
     broadcast_params(D, d)
@@ -318,15 +343,29 @@ def train(
 
     # --- fixed latents for the grids
     grid_n = min(cfg.grid_size**2, 64)
-    grid_z = torch.randn(grid_n, net.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345)).to(device)
+    grid_z = torch.randn(grid_n, net.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345)).to(
+        device
+    )
 
     writer = None
     if d.main:
-        (run_dir / "config.json").write_text(json.dumps({
-            "net": dataclasses.asdict(net), "train": cfg.to_json(), "data": str(data), "num_images": num_images,
-            "cifar_class": cifar_class, "commit": git_commit(), "torch": torch.__version__, "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if cuda else "cpu", "world_size": d.world,
-        }, indent=2))
+        (run_dir / "config.json").write_text(
+            json.dumps(
+                {
+                    "net": dataclasses.asdict(net),
+                    "train": cfg.to_json(),
+                    "data": str(data),
+                    "num_images": num_images,
+                    "cifar_class": cifar_class,
+                    "commit": git_commit(),
+                    "torch": torch.__version__,
+                    "device": str(device),
+                    "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
+                    "world_size": d.world,
+                },
+                indent=2,
+            )
+        )
         if state is None:
             save_grid(np.asarray(pyramid[net.max_res][:grid_n]), run_dir / "reals.png", cols=cfg.grid_size)
         try:
@@ -338,24 +377,47 @@ def train(
 
     def save_checkpoint(res: int) -> None:
         snap = {
-            "format": FORMAT_VERSION, "net_cfg": dataclasses.asdict(net), "train_cfg": cfg.to_json(),
-            "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-            "opt_G": opt_G.state_dict() if opt_G else {}, "opt_D": opt_D.state_dict() if opt_D else {},
-            "cur_nimg": cur_nimg, "steps": steps, "opt_res": opt_res, "res": res, "kimg": cur_nimg / 1000,
-            "rng": {"gen": gen.get_state(), "torch": torch.get_rng_state()}, "history": history,
-            "data": str(data), "num_images": num_images, "commit": git_commit(),
+            "format": FORMAT_VERSION,
+            "net_cfg": dataclasses.asdict(net),
+            "train_cfg": cfg.to_json(),
+            "G": G.state_dict(),
+            "D": D.state_dict(),
+            "G_ema": G_ema.state_dict(),
+            "opt_G": opt_G.state_dict() if opt_G else {},
+            "opt_D": opt_D.state_dict() if opt_D else {},
+            "cur_nimg": cur_nimg,
+            "steps": steps,
+            "opt_res": opt_res,
+            "res": res,
+            "kimg": cur_nimg / 1000,
+            "rng": {"gen": gen.get_state(), "torch": torch.get_rng_state()},
+            "history": history,
+            "data": str(data),
+            "num_images": num_images,
+            "commit": git_commit(),
         }
         path = run_dir / "checkpoint.pt"
         try:
             atomic_torch_save(snap, path)
         except OSError as e:
-            kept = f"the last good checkpoint {path} is intact" if path.exists() else "no checkpoint was written yet"
+            kept = (
+                f"the last good checkpoint {path} is intact"
+                if path.exists()
+                else "no checkpoint was written yet"
+            )
             raise TrainingError(f"could not write a checkpoint ({e}; is the disk full?); {kept}") from e
 
     def save_snapshot(res: int) -> None:
-        snap = {"format": FORMAT_VERSION, "net_cfg": dataclasses.asdict(net), "G_ema": G_ema.state_dict(),
-                "res": res, "kimg": cur_nimg / 1000, "train_cfg": cfg.to_json(), "data": str(data),
-                "commit": git_commit()}
+        snap = {
+            "format": FORMAT_VERSION,
+            "net_cfg": dataclasses.asdict(net),
+            "G_ema": G_ema.state_dict(),
+            "res": res,
+            "kimg": cur_nimg / 1000,
+            "train_cfg": cfg.to_json(),
+            "data": str(data),
+            "commit": git_commit(),
+        }
         try:
             atomic_torch_save(snap, run_dir / f"G_ema-{res:04d}.pt")
         except OSError as e:
@@ -364,12 +426,22 @@ def train(
     @torch.no_grad()
     def save_sample_grid(res: int, alpha: float, tag: str) -> None:
         imgs = torch.cat([G_ema(z, res, alpha).float().cpu() for z in grid_z.split(16)])
-        save_grid(to_uint8(imgs.numpy()), run_dir / "grids" / f"{tag}-res{res:04d}-kimg{cur_nimg / 1000:08.2f}.png",
-                  cols=cfg.grid_size)
+        save_grid(
+            to_uint8(imgs.numpy()),
+            run_dir / "grids" / f"{tag}-res{res:04d}-kimg{cur_nimg / 1000:08.2f}.png",
+            cols=cfg.grid_size,
+        )
 
     # --- the loop
-    bar = tqdm(total=total_nimg, initial=cur_nimg, unit="img", unit_scale=True, disable=not (progress and d.main),
-               dynamic_ncols=True, desc="training")
+    bar = tqdm(
+        total=total_nimg,
+        initial=cur_nimg,
+        unit="img",
+        unit_scale=True,
+        disable=not (progress and d.main),
+        dynamic_ncols=True,
+        desc="training",
+    )
     tick_start_nimg, tick_start_time = cur_nimg, time.time()
     acc: dict[str, list[float]] = defaultdict(list)
     res, alpha = phases[locate(phases, cur_nimg)[0]].res, 1.0
@@ -387,7 +459,9 @@ def train(
                 group["lr"] = phase.lr
         batch = max(phase.batch // d.world, 1)
 
-        reals = fade_reals(to_device(sample_reals(pyramid[res], batch, gen, cfg.flips), device, channels_last), alpha)
+        reals = fade_reals(
+            to_device(sample_reals(pyramid[res], batch, gen, cfg.flips), device, channels_last), alpha
+        )
         G.requires_grad_(False)
         D.requires_grad_(True)
         stats = d_step(ctx, reals, res, alpha, opt_D)
@@ -400,8 +474,11 @@ def train(
             kept = run_dir / "checkpoint.pt"
             raise TrainingError(
                 f"non-finite loss at kimg {cur_nimg / 1000:.2f} ({res}x{res}, alpha {alpha:.3f}): {bad}. "
-                + (f"The last good checkpoint is {kept}; resume from it with a lower --lr."
-                   if kept.exists() else "No checkpoint was written yet; try a lower --lr.")
+                + (
+                    f"The last good checkpoint is {kept}; resume from it with a lower --lr."
+                    if kept.exists()
+                    else "No checkpoint was written yet; try a lower --lr."
+                )
             )
         for k, v in stats.items():
             acc[k].append(v)
@@ -418,22 +495,31 @@ def train(
 
         # --- housekeeping
         elapsed = time.time() - tick_start_time
-        row = {"kimg": cur_nimg / 1000, "res": res, "phase": phase.kind, "alpha": round(alpha, 4),
-               "batch": phase.batch, "lr": phase.lr, "steps": steps,
-               "img_s": (cur_nimg - tick_start_nimg) / max(elapsed, 1e-9),
-               **{k: float(np.mean(v)) for k, v in acc.items()}}
+        row = {
+            "kimg": cur_nimg / 1000,
+            "res": res,
+            "phase": phase.kind,
+            "alpha": round(alpha, 4),
+            "batch": phase.batch,
+            "lr": phase.lr,
+            "steps": steps,
+            "img_s": (cur_nimg - tick_start_nimg) / max(elapsed, 1e-9),
+            **{k: float(np.mean(v)) for k, v in acc.items()},
+        }
         acc.clear()
         tick_start_nimg, tick_start_time = cur_nimg, time.time()
         history.append(row)
-        bar.set_postfix_str(f"res={res} {phase.kind} a={alpha:.2f} {row['img_s']:.0f}img/s "
-                            f"D={row['loss_D']:.3f} G={row['loss_G']:.3f}")
+        bar.set_postfix_str(
+            f"res={res} {phase.kind} a={alpha:.2f} {row['img_s']:.0f}img/s "
+            f"D={row['loss_D']:.3f} G={row['loss_G']:.3f}"
+        )
         if d.main:
             with open(run_dir / "stats.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")
             if writer is not None:
-                for k, v in row.items():
-                    if isinstance(v, int | float):
-                        writer.add_scalar(f"train/{k}", v, int(cur_nimg / 1000 * 1000))
+                for k, val in row.items():
+                    if isinstance(val, int | float):
+                        writer.add_scalar(f"train/{k}", val, cur_nimg)
                 writer.flush()
             save_sample_grid(res, alpha, "end" if phase_end else "tick")
             plot_losses(history, run_dir / "losses.png")

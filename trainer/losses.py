@@ -13,7 +13,9 @@ Critic = Callable[[Tensor], Tensor]
 
 def gradient_penalty(D: Critic, real: Tensor, fake: Tensor, eps: Tensor, target: float = 1.0) -> Tensor:
     """Per-sample (||grad_x D(x_hat)||_2 - target)^2 / target^2 at x_hat = lerp(real, fake, eps); [N]."""
-    x_hat = torch.lerp(real.detach().float(), fake.detach().float(), eps.view(-1, 1, 1, 1)).requires_grad_(True)
+    x_hat = torch.lerp(real.detach().float(), fake.detach().float(), eps.view(-1, 1, 1, 1)).requires_grad_(
+        True
+    )
     score = D(x_hat)
     (grad,) = torch.autograd.grad(score.float().sum(), x_hat, create_graph=True)
     norm = grad.flatten(1).norm(2, dim=1)

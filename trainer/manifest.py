@@ -9,7 +9,7 @@ import jsonschema
 
 SCHEMA_VERSION = 1
 
-_file = {
+_file: dict[str, Any] = {
     "type": "object",
     "required": ["file", "sha256", "bytes"],
     "properties": {
@@ -23,8 +23,18 @@ SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "ProGAN model manifest",
     "type": "object",
-    "required": ["schema_version", "name", "z_dim", "latent", "input", "output", "resolutions", "weights",
-                 "provenance", "total_bytes"],
+    "required": [
+        "schema_version",
+        "name",
+        "z_dim",
+        "latent",
+        "input",
+        "output",
+        "resolutions",
+        "weights",
+        "provenance",
+        "total_bytes",
+    ],
     "properties": {
         "schema_version": {"const": SCHEMA_VERSION},
         "name": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]+$"},
@@ -37,14 +47,21 @@ SCHEMA: dict[str, Any] = {
         "input": {
             "type": "object",
             "required": ["name", "dtype", "shape"],
-            "properties": {"name": {"type": "string"}, "dtype": {"const": "float32"},
-                           "shape": {"type": "array", "minItems": 2, "maxItems": 2}},
+            "properties": {
+                "name": {"type": "string"},
+                "dtype": {"const": "float32"},
+                "shape": {"type": "array", "minItems": 2, "maxItems": 2},
+            },
         },
         "output": {
             "type": "object",
             "required": ["name", "dtype", "shape", "layout"],
-            "properties": {"name": {"type": "string"}, "dtype": {"const": "uint8"},
-                           "shape": {"type": "array", "minItems": 4, "maxItems": 4}, "layout": {"const": "NHWC"}},
+            "properties": {
+                "name": {"type": "string"},
+                "dtype": {"const": "uint8"},
+                "shape": {"type": "array", "minItems": 4, "maxItems": 4},
+                "layout": {"const": "NHWC"},
+            },
         },
         "resolutions": {
             "type": "object",
@@ -52,7 +69,10 @@ SCHEMA: dict[str, Any] = {
             "propertyNames": {"enum": [str(2**k) for k in range(2, 13)]},
             "additionalProperties": _file,
         },
-        "weights": {**_file, "properties": {**_file["properties"], "dtype": {"enum": ["float16", "float32"]}}},
+        "weights": {
+            **_file,
+            "properties": {**_file["properties"], "dtype": {"enum": ["float16", "float32"]}},
+        },
         "opset": {"type": "integer", "minimum": 17},
         "consistency": {"type": "object"},
         "provenance": {
@@ -78,4 +98,6 @@ def validate_manifest(manifest: dict[str, Any]) -> None:
         jsonschema.validate(manifest, SCHEMA)
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "(top)"
-        raise ManifestError(f"manifest does not follow schema v{SCHEMA_VERSION} at {where}: {e.message}") from e
+        raise ManifestError(
+            f"manifest does not follow schema v{SCHEMA_VERSION} at {where}: {e.message}"
+        ) from e

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 
-def to_uint8(img: "np.ndarray") -> np.ndarray:
+def to_uint8(img: np.ndarray) -> np.ndarray:
     """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3] (the same mapping the ONNX export bakes in)."""
     x = np.clip(np.rint((img + 1.0) * 127.5), 0, 255).astype(np.uint8)
     return x.transpose(0, 2, 3, 1)

@@ -46,7 +46,9 @@ def test_dry_run_prints_schedule(capsys, faces_dir: Path) -> None:
 
 
 def test_paper_preset_schedule(capsys, faces_dir: Path) -> None:
-    assert main(["train", "--data", str(faces_dir), "--preset", "paper", "--max-res", "256", "--dry-run"]) == 0
+    assert (
+        main(["train", "--data", str(faces_dir), "--preset", "paper", "--max-res", "256", "--dry-run"]) == 0
+    )
     out = capsys.readouterr().out
     assert "800.0" in out and "total 10400.0 kimg" in out  # 800 + 2 * 800 * 6
 
@@ -67,17 +69,57 @@ def test_resume_mid_fade_is_exact(faces_dir: Path, cache_dir: Path, tmp_path: Pa
 
 
 def test_dcgan_baseline_uses_the_same_loop(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
-    assert main(["train", "--data", str(faces_dir), "--preset", "tiny", "--arch", "dcgan", "--max-res", "16",
-                 "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--quiet", "--max-steps", "6"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(faces_dir),
+                "--preset",
+                "tiny",
+                "--arch",
+                "dcgan",
+                "--max-res",
+                "16",
+                "--out",
+                str(tmp_path),
+                "--cache-dir",
+                str(cache_dir),
+                "--quiet",
+                "--max-steps",
+                "6",
+            ]
+        )
+        == 0
+    )
     (run,) = tmp_path.iterdir()
     assert (run / "grids").is_dir() and (run / "losses.png").exists()
     assert load_generator(run).arch == "dcgan"
 
 
-def test_logistic_r1_spectral_norm_and_label_smoothing(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
-    assert _train("--data", str(faces_dir), "--max-res", "8", "--out", str(tmp_path), "--cache-dir",
-                  str(cache_dir), "--loss", "logistic", "--spectral-norm", "--label-smoothing", "0.1",
-                  "--max-steps", "4") == 0
+def test_logistic_r1_spectral_norm_and_label_smoothing(
+    faces_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    assert (
+        _train(
+            "--data",
+            str(faces_dir),
+            "--max-res",
+            "8",
+            "--out",
+            str(tmp_path),
+            "--cache-dir",
+            str(cache_dir),
+            "--loss",
+            "logistic",
+            "--spectral-norm",
+            "--label-smoothing",
+            "0.1",
+            "--max-steps",
+            "4",
+        )
+        == 0
+    )
     (run,) = tmp_path.iterdir()
     rows = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines()]
     assert "r1" in rows[-1]
@@ -144,7 +186,11 @@ def test_npz_arrays(tmp_path: Path) -> None:
 def test_bad_input_clear_message_nonzero_exit(args, message, faces_dir, tmp_path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "corrupt.pt").write_bytes(b"\x00garbage" * 100)
-    subst = {"{empty}": str(tmp_path / "empty"), "{faces}": str(faces_dir), "{corrupt}": str(tmp_path / "corrupt.pt")}
+    subst = {
+        "{empty}": str(tmp_path / "empty"),
+        "{faces}": str(faces_dir),
+        "{corrupt}": str(tmp_path / "corrupt.pt"),
+    }
     args = [subst.get(a, a) for a in args]
     argv = ["train", "--quiet", "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "c"), *args]
     if "--preset" not in args:
@@ -154,8 +200,21 @@ def test_bad_input_clear_message_nonzero_exit(args, message, faces_dir, tmp_path
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(faces_dir, cache_dir, tmp_path, capsys) -> None:
-    assert _train("--data", str(faces_dir), "--max-res", "8", "--out", str(tmp_path), "--cache-dir",
-                  str(cache_dir), "--max-steps", "3") == 0
+    assert (
+        _train(
+            "--data",
+            str(faces_dir),
+            "--max-res",
+            "8",
+            "--out",
+            str(tmp_path),
+            "--cache-dir",
+            str(cache_dir),
+            "--max-steps",
+            "3",
+        )
+        == 0
+    )
     (run,) = tmp_path.iterdir()
     state = load_state(run)
     for t in state["D"].values():  # a diverged critic: its scores, and so the losses, become NaN
@@ -168,11 +227,26 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(faces_dir, cache_dir, tmp_path
     assert (run / "checkpoint.pt").read_bytes() == saved  # nothing overwritten
 
 
-def test_full_disk_never_leaves_a_broken_checkpoint(faces_dir, cache_dir, tmp_path, capsys, monkeypatch) -> None:
+def test_full_disk_never_leaves_a_broken_checkpoint(
+    faces_dir, cache_dir, tmp_path, capsys, monkeypatch
+) -> None:
     import trainer.checkpoint as ck
 
-    assert _train("--data", str(faces_dir), "--max-res", "8", "--out", str(tmp_path), "--cache-dir",
-                  str(cache_dir), "--max-steps", "2") == 0
+    assert (
+        _train(
+            "--data",
+            str(faces_dir),
+            "--max-res",
+            "8",
+            "--out",
+            str(tmp_path),
+            "--cache-dir",
+            str(cache_dir),
+            "--max-steps",
+            "2",
+        )
+        == 0
+    )
     (run,) = tmp_path.iterdir()
     good = load_state(run)
 
@@ -200,12 +274,44 @@ def _free_port() -> int:
 
 def test_two_process_ddp_on_cpu(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "trainer", "train", "--data", str(faces_dir), "--preset", "tiny", "--max-res", "8",
-           "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--quiet", "--max-steps", "6"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        "-m",
+        "trainer",
+        "train",
+        "--data",
+        str(faces_dir),
+        "--preset",
+        "tiny",
+        "--max-res",
+        "8",
+        "--out",
+        str(tmp_path),
+        "--cache-dir",
+        str(cache_dir),
+        "--quiet",
+        "--max-steps",
+        "6",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = tmp_path.iterdir()
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
     state = load_state(run)
     assert state["steps"] == 6 and state["cur_nimg"] == 6 * 8  # global batch 8 = 2 ranks x 4
+
+
+def test_extend_kimg_lengthens_a_finished_run(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = tmp_path / tiny_run.name
+    shutil.copytree(tiny_run, run)
+    before = load_state(run)["cur_nimg"]
+    assert main(["train", "--quiet", "--resume", str(run), "--extend-kimg", "0.032"]) == 0
+    after = load_state(run)
+    assert after["cur_nimg"] == before + 32 and after["train_cfg"]["extra_kimg"] == 0.032
+    assert main(["train", "--quiet", "--data", str(tmp_path), "--extend-kimg", "1"]) != 0

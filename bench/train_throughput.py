@@ -1,0 +1,108 @@
+"""Images/s of one full training step (D step with WGAN-GP + G step) per resolution, for the `paper` and
+`fast` architectures, on CPU and on CUDA when present. On CUDA each resolution is also run in fp32 without
+channels_last in the same process, so the speed-ups of bf16 + channels_last + TF32 show as ratios.
+
+    python bench/train_throughput.py [--res 4,8,16,32,64,128,256] [--steps 5] [--presets paper,fast] [--cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import nullcontext
+
+import torch
+
+from trainer.config import NetConfig, TrainConfig, preset
+from trainer.loop import Dist, StepContext, d_step, g_step, make_optimizer
+from trainer.networks import build_networks
+
+
+def step_rate(
+    net: NetConfig,
+    cfg: TrainConfig,
+    res: int,
+    batch: int,
+    steps: int,
+    device: torch.device,
+    amp: str,
+    channels_last: bool,
+) -> float:
+    """Images per second of `steps` full G+D steps at `res` (after two warm-up steps)."""
+    G, D = build_networks(net)
+    G.to(device)
+    D.to(device)
+    if channels_last:
+        G.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        D.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    opt_G, opt_D = make_optimizer(G, 1e-3, cfg, "progan"), make_optimizer(D, 1e-3, cfg, "progan")
+    use_amp = device.type == "cuda" and amp != "off"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
+    ctx = StepContext(G, D, net, cfg, device, autocast, None, torch.Generator().manual_seed(0), Dist())
+    reals = torch.randn(batch, 3, res, res, device=device)
+    if channels_last:
+        reals = reals.contiguous(memory_format=torch.channels_last)
+
+    def one() -> None:
+        D.requires_grad_(True)
+        G.requires_grad_(False)
+        d_step(ctx, reals, res, 1.0, opt_D)
+        D.requires_grad_(False)
+        G.requires_grad_(True)
+        g_step(ctx, batch, res, 1.0, opt_G)
+
+    for _ in range(2):
+        one()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        one()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--res", default="4,8,16,32,64,128,256")
+    ap.add_argument("--presets", default="paper,fast")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--batch", type=int, help="override the preset's minibatch")
+    ap.add_argument("--cpu", action="store_true", help="stay on CPU even when CUDA is present")
+    a = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() and not a.cpu else "cpu")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    print(f"device: {name}; torch {torch.__version__}; {a.steps} timed steps per row")
+    head = f"| preset | res | batch | img/s ({'bf16+CL+TF32' if device.type == 'cuda' else 'fp32'}) |"
+    head += " img/s fp32 NCHW | speed-up |" if device.type == "cuda" else ""
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for pname in a.presets.split(","):
+        net_kw, train_kw = preset(pname)
+        cfg = TrainConfig(**train_kw)
+        for res in (int(r) for r in a.res.split(",")):
+            net = NetConfig(max_res=res, **net_kw)
+            batch = a.batch or cfg.batch(res)
+            fast = step_rate(net, cfg, res, batch, a.steps, device, "bf16", device.type == "cuda")
+            row = f"| {pname} | {res} | {batch} | {fast:.1f} |"
+            if device.type == "cuda":
+                torch.backends.cuda.matmul.allow_tf32 = False
+                torch.backends.cudnn.allow_tf32 = False
+                base = step_rate(net, cfg, res, batch, a.steps, device, "off", False)
+                torch.backends.cuda.matmul.allow_tf32 = True
+                torch.backends.cudnn.allow_tf32 = True
+                row += f" {base:.1f} | {fast / base:.2f}x |"
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
