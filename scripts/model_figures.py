@@ -1,0 +1,55 @@
+"""Figures of an exported model for the docs: a sample grid, an interpolation strip and one seed at every
+resolution. Uses the model folder exactly as the service does (onnxruntime, the manifest, the seed RNG).
+
+    python scripts/model_figures.py models/celeba --out docs/ [--seeds 0-63] [--res 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from service.inference.latents import interpolation_path, z_for_seeds
+from trainer.viz import grid
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("docs"))
+    ap.add_argument("--res", type=int, help="resolution of the grid and strip (default: the largest)")
+    ap.add_argument("--first-seed", type=int, default=0)
+    a = ap.parse_args()
+    m = json.loads((a.model / "manifest.json").read_text())
+    resolutions = sorted(int(r) for r in m["resolutions"])
+    res = a.res or resolutions[-1]
+
+    def run(r: int, z: np.ndarray) -> np.ndarray:
+        sess = ort.InferenceSession(str(a.model / m["resolutions"][str(r)]["file"]), providers=["CPUExecutionProvider"])
+        return sess.run(None, {m["input"]["name"]: z})[0]
+
+    name = m["name"]
+    a.out.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(a.first_seed, a.first_seed + 64))
+    z = z_for_seeds(seeds, m["z_dim"])
+    grid(run(res, z), 8, scale=max(1, 128 // res)).save(a.out / f"{name}_samples.png")
+
+    waypoints = z_for_seeds([seeds[1], seeds[5], seeds[9], seeds[13]], m["z_dim"])
+    path = interpolation_path(waypoints, 6, "slerp", loop=False)
+    grid(run(res, path), len(path), scale=max(1, 96 // res)).save(a.out / f"{name}_interpolation.png")
+
+    per_res = [run(r, z[:8]) for r in resolutions]
+    big = max(resolutions)
+    rows = [np.stack([np.asarray(Image.fromarray(im).resize((big, big), Image.Resampling.NEAREST)) for im in imgs])
+            for imgs in per_res]
+    grid(np.concatenate(rows), 8).save(a.out / f"{name}_resolutions.png")
+    print(f"wrote {name}_samples.png, {name}_interpolation.png and {name}_resolutions.png to {a.out}")
+
+
+if __name__ == "__main__":
+    main()
