@@ -63,7 +63,12 @@ def interpolation_path(waypoints: np.ndarray, steps: int, method: Method, loop: 
     points = np.concatenate([waypoints, waypoints[:1]]) if loop else waypoints
     step = slerp if method == "slerp" else lerp
     t = np.arange(steps, dtype=np.float64) / steps
-    pieces = [step(points[i].astype(np.float64), points[i + 1].astype(np.float64), t) for i in range(len(points) - 1)]
+    pieces = [
+        step(points[i].astype(np.float64), points[i + 1].astype(np.float64), t)
+        for i in range(len(points) - 1)
+    ]
+    for piece, start in zip(pieces, points, strict=False):
+        piece[0] = start  # exact: a waypoint's frame is the very image its seed or latent gives
     if not loop:
         pieces.append(points[-1:].astype(np.float64))
     return np.concatenate(pieces).astype(np.float32)

@@ -90,7 +90,9 @@ def verify_files(folder: Path, manifest: Manifest) -> None:
     for entry in listed_files(manifest):
         path = (folder / entry.file).resolve()
         if path.parent != root:
-            raise ModelLoadError(f"{folder / 'manifest.json'}: file {entry.file!r} is not inside the model folder")
+            raise ModelLoadError(
+                f"{folder / 'manifest.json'}: file {entry.file!r} is not inside the model folder"
+            )
         if not path.is_file():
             raise ModelLoadError(f"{path}: missing (listed in {folder / 'manifest.json'})")
         size = path.stat().st_size

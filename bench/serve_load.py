@@ -1,0 +1,409 @@
+"""Service load benchmark, and the generator alone in onnxruntime against torch eager on the same weights.
+
+    python bench/serve_load.py                      # export a cpu-preset generator, start servers, print tables
+    python bench/serve_load.py --checkpoint runs/x  # the same with a trained checkpoint's weights
+    python bench/serve_load.py --url http://host:8000 --label mine   # load against a running server only
+
+Load: closed loop, `concurrency` clients each sending POST /generate?res=R&seed=... back to back for
+`--seconds`; req/s, images/s and latency percentiles per (batching, res, concurrency). The client runs on
+the same machine as the server and takes CPU from it; figures are lower bounds for a separate client.
+This script may import torch and trainer; the service never does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def export_bench_model(
+    out: Path, preset_name: str, resolutions: list[int], checkpoint: str | None
+) -> tuple[Path, dict[int, Any]]:
+    """A model folder, and the torch modules its graphs were exported from (same fp16-rounded weights).
+
+    The weights: a trained checkpoint's, or a freshly initialised generator of `preset_name` (speed does
+    not depend on their values). Each resolution's graph cuts G at that resolution with its own toRGB
+    (trainer.export also refits those heads, which costs minutes on a CPU and nothing at run time).
+    """
+    import onnx
+    import torch
+
+    from trainer.checkpoint import load_generator
+    from trainer.config import NetConfig, preset
+    from trainer.export import (
+        INPUT,
+        OPSET,
+        OUTPUT,
+        WEIGHTS_FILE,
+        ExportedGenerator,
+        WeightStore,
+        export_onnx,
+        fold_equalized_scales,
+        round_weights_fp16,
+        sha256_file,
+        store_weights_fp16,
+    )
+    from trainer.manifest import SCHEMA_VERSION, validate_manifest
+    from trainer.networks import Generator, res_key
+
+    if checkpoint is not None:
+        G0 = load_generator(checkpoint).G
+        source = f"checkpoint {checkpoint}"
+    else:
+        net_kwargs, _ = preset(preset_name)
+        torch.manual_seed(0)
+        G0 = Generator(NetConfig(**net_kwargs, max_res=max(resolutions)))
+        source = f"freshly initialised {preset_name}-preset generator"
+    assert isinstance(G0, Generator), "the bench exports ProGAN generators"
+    G = fold_equalized_scales(G0.float().eval())
+    round_weights_fp16(G)
+    folder = out / "models" / "bench"
+    folder.mkdir(parents=True)
+    store = WeightStore(folder / WEIGHTS_FILE)
+    modules: dict[int, Any] = {}
+    files: dict[str, Any] = {}
+    for res in resolutions:
+        top = res == G.max_res
+        module = ExportedGenerator(G, res, 1.0, None if top else G.to_rgb[res_key(res)]).eval()
+        onnx.save_model(store_weights_fp16(export_onnx(module, G.z_dim), store), folder / f"G_{res}.onnx")
+        modules[res] = module
+    store.close()
+    for res in resolutions:
+        f = folder / f"G_{res}.onnx"
+        files[str(res)] = {"file": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size}
+    weights = {
+        "file": WEIGHTS_FILE,
+        "sha256": sha256_file(store.path),
+        "bytes": store.path.stat().st_size,
+        "dtype": "float16",
+    }
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "name": "bench",
+        "z_dim": G.z_dim,
+        "latent": {"distribution": "normal"},
+        "input": {"name": INPUT, "dtype": "float32", "shape": ["N", G.z_dim]},
+        "output": {"name": OUTPUT, "dtype": "uint8", "shape": ["N", "R", "R", 3], "layout": "NHWC"},
+        "resolutions": files,
+        "weights": weights,
+        "opset": OPSET,
+        "provenance": {
+            "architecture": "progan",
+            "dataset": source,
+            "license": "benchmark only",
+            "kimg": 0.0,
+            "preset": preset_name,
+            "commit": "unknown",
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        "total_bytes": weights["bytes"] + sum(f["bytes"] for f in files.values()),
+    }
+    validate_manifest(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return folder, modules
+
+
+# ---------------------------------------------------------------------------- generator alone
+
+
+def time_fn(fn: Any, seconds: float, min_iters: int = 5) -> float:
+    """Median seconds per call over at least `min_iters` calls and about `seconds`."""
+    fn()  # warm-up
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_iters or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def bench_generator(
+    model_dir: Path,
+    modules: dict[int, Any],
+    resolutions: list[int],
+    batches: list[int],
+    threads: int,
+    seconds: float,
+) -> list[dict[str, Any]]:
+    """Median time per call of each graph in onnxruntime and of its torch module in eager mode, both on
+    `threads` threads. torch is timed first, before onnxruntime creates its thread pools, and its thread
+    count is set once: changing it, or sharing the cores with other pools, makes OpenMP spin-wait."""
+    import onnxruntime as ort
+    import torch
+
+    torch.set_num_threads(threads)
+    zs = {
+        b: np.random.default_rng(0).standard_normal((b, modules[resolutions[0]].G.z_dim), dtype=np.float32)
+        for b in batches
+    }
+    torch_s: dict[tuple[int, int], float] = {}
+    torch_out: dict[tuple[int, int], np.ndarray] = {}
+    with torch.inference_mode():
+        for res in resolutions:
+            for b in batches:
+                zt = torch.from_numpy(zs[b])
+                torch_out[res, b] = modules[res](zt).numpy()
+                torch_s[res, b] = time_fn(lambda m=modules[res], x=zt: m(x), seconds)
+    rows = []
+    for res in resolutions:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the service runs it
+        sess = ort.InferenceSession(
+            str(model_dir / f"G_{res}.onnx"), opts, providers=["CPUExecutionProvider"]
+        )
+        for b in batches:
+            diff = int(
+                np.abs(sess.run(None, {"z": zs[b]})[0].astype(int) - torch_out[res, b].astype(int)).max()
+            )
+            t_ort = time_fn(lambda s=sess, x=zs[b]: s.run(None, {"z": x}), seconds)
+            t_torch = torch_s[res, b]
+            rows.append(
+                dict(
+                    res=res,
+                    batch=b,
+                    threads=threads,
+                    ort_ms=t_ort * 1e3,
+                    torch_ms=t_torch * 1e3,
+                    speedup=t_torch / t_ort,
+                    max_abs_diff=diff,
+                )
+            )
+            print(
+                f"  generator res {res:4d} batch {b:3d} threads {threads}: onnxruntime {t_ort * 1e3:8.2f} ms  "
+                f"torch {t_torch * 1e3:8.2f} ms  x{t_torch / t_ort:.2f}  (max |diff| {diff} grey levels)",
+                flush=True,
+            )
+    return rows
+
+
+# ---------------------------------------------------------------------------- load
+
+
+async def load(
+    url: str, res: int, concurrency: int, seconds: float, warmup: float, fmt: str
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        stop_at = time.perf_counter() + warmup + seconds
+        measure_from = time.perf_counter() + warmup
+
+        async def worker() -> None:
+            nonlocal errors
+            rng = random.Random()
+            while True:
+                t = time.perf_counter()
+                if t >= stop_at:
+                    return
+                r = await client.post(f"/generate?res={res}&seed={rng.randrange(2**32)}&format={fmt}")
+                done = time.perf_counter()
+                if t >= measure_from and done <= stop_at:
+                    latencies.append(done - t)
+                    errors += r.status_code != 200
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    lat = np.array(latencies) * 1e3
+    n = len(lat)
+    return dict(
+        res=res,
+        concurrency=concurrency,
+        requests=n,
+        errors=errors,
+        req_s=n / seconds,
+        images_s=n / seconds,
+        p50_ms=float(np.percentile(lat, 50)) if n else float("nan"),
+        p95_ms=float(np.percentile(lat, 95)) if n else float("nan"),
+        p99_ms=float(np.percentile(lat, 99)) if n else float("nan"),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(
+    models: Path, batching: bool, args: argparse.Namespace
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACES_")}
+    env.update(
+        FACES_MODEL_DIR=str(models),
+        FACES_DEFAULT_MODEL="bench",
+        FACES_HOST="127.0.0.1",
+        FACES_PORT=str(port),
+        FACES_BATCHING="on" if batching else "off",
+        FACES_MAX_BATCH=str(args.max_batch),
+        FACES_MAX_WAIT_MS=str(args.max_wait_ms),
+        FACES_LOG_LEVEL="warning",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("server did not become ready")
+
+
+def run_load(servers: dict[str, str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every (res, concurrency) cell against each server in turn, so that they share the same background load."""
+    rows = []
+    for res in args.res:
+        for c in args.concurrency:
+            for label, url in servers.items():
+                row = asyncio.run(load(url, res, c, args.seconds, args.warmup, args.format))
+                row["mode"] = label
+                rows.append(row)
+                print(
+                    f"  {label:12s} res {res:4d} c {c:3d}: {row['req_s']:7.1f} req/s  p50 {row['p50_ms']:7.1f}  "
+                    f"p95 {row['p95_ms']:7.1f}  p99 {row['p99_ms']:7.1f} ms  ({row['requests']} req, {row['errors']} errors)",
+                    flush=True,
+                )
+    return sorted(rows, key=lambda r: r["mode"] != "batching on")
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def markdown(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--url",
+        help="load an already running server (skips the export, the generator bench and batching off)",
+    )
+    p.add_argument("--label", default="server", help="name of the --url server in the table")
+    p.add_argument(
+        "--checkpoint", help="trainer checkpoint whose weights to export (default: a fresh generator)"
+    )
+    p.add_argument("--preset", default="cpu", help="network preset of the fresh generator (default: cpu)")
+    p.add_argument("--res", type=int, nargs="+", default=[64, 128, 256])
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per cell")
+    p.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before each cell")
+    p.add_argument("--format", default="png", choices=["png", "jpeg", "webp"])
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="threads for the generator-alone bench"
+    )
+    p.add_argument("--gen-batches", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--gen-seconds", type=float, default=3.0)
+    p.add_argument("--skip-load", action="store_true")
+    p.add_argument("--skip-generator", action="store_true")
+    p.add_argument("--json", type=Path, help="also write every figure here")
+    args = p.parse_args(argv)
+
+    report: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible",
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
+    print(f"# serve_load on {report['machine']}", flush=True)
+    if args.url:
+        report["load"] = run_load({args.label: args.url}, args)
+        print(
+            "\n"
+            + markdown(
+                report["load"],
+                ["mode", "res", "concurrency", "req_s", "images_s", "p50_ms", "p95_ms", "p99_ms", "errors"],
+            )
+        )
+    else:
+        with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
+            print("exporting the bench model ...", flush=True)
+            model_dir, modules = export_bench_model(Path(tmp), args.preset, args.res, args.checkpoint)
+            if not args.skip_generator:
+                print("generator alone (CPU):", flush=True)
+                report["generator"] = bench_generator(
+                    model_dir, modules, args.res, args.gen_batches, args.threads, args.gen_seconds
+                )
+            if not args.skip_load:
+                procs, servers = [], {}
+                try:
+                    for batching in (True, False):  # both up at once; the idle one costs nothing
+                        proc, url = start_server(model_dir.parent, batching, args)
+                        procs.append(proc)
+                        servers["batching on" if batching else "batching off"] = url
+                    report["load"] = run_load(servers, args)
+                finally:
+                    for proc in procs:
+                        proc.send_signal(signal.SIGTERM)
+                        proc.wait(timeout=60)
+        print()
+        if "generator" in report:
+            print("## Generator alone: onnxruntime vs torch eager (same fp16-rounded weights, CPU)\n")
+            print(
+                markdown(
+                    report["generator"],
+                    ["res", "batch", "threads", "ort_ms", "torch_ms", "speedup", "max_abs_diff"],
+                )
+            )
+            print()
+        if "load" in report:
+            print("## Service load (closed loop; one image per request)\n")
+            cols = ["mode", "res", "concurrency", "req_s", "images_s", "p50_ms", "p95_ms", "p99_ms", "errors"]
+            print(markdown(report["load"], cols))
+            by = {(r["mode"], r["res"], r["concurrency"]): r["req_s"] for r in report["load"]}
+            print(
+                "\nbatching on / off throughput at concurrency 16: "
+                + ", ".join(
+                    f"res {res}: x{by[('batching on', res, 16)] / by[('batching off', res, 16)]:.2f}"
+                    for res in args.res
+                    if ("batching on", res, 16) in by and by.get(("batching off", res, 16))
+                )
+            )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Everything between a validated request and image bytes: sessions, batching, latents, encoding."""

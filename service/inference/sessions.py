@@ -1,0 +1,272 @@
+"""onnxruntime sessions: one per model and resolution, loaded from the model folder at start-up."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.config import Settings
+from service.errors import InvalidInput, Unavailable
+from service.inference.batching import MicroBatcher
+from service.inference.manifest import Manifest, ModelLoadError, read_manifest, verify_files
+from service.metrics import Metrics
+
+log = logging.getLogger("service")
+
+
+# ---------------------------------------------------------------------------- onnxruntime set-up
+
+
+def execution_providers(settings: Settings) -> list[str | tuple[str, dict[str, Any]]]:
+    """FACES_PROVIDERS filtered by what this onnxruntime build offers, CUDA options attached."""
+    available = ort.get_available_providers()
+    chosen = [p for p in settings.providers if p in available]
+    skipped = [p for p in settings.providers if p not in available]
+    if skipped:
+        log.warning("providers not offered by this onnxruntime build, skipped: %s", ", ".join(skipped))
+    if not chosen:
+        raise ModelLoadError(
+            f"none of FACES_PROVIDERS ({', '.join(settings.providers)}) is available; "
+            f"onnxruntime offers {', '.join(available)}"
+        )
+    out: list[str | tuple[str, dict[str, Any]]] = []
+    for name in chosen:
+        if name == "CUDAExecutionProvider":
+            options: dict[str, Any] = {
+                "device_id": settings.cuda_device_id,
+                "cudnn_conv_algo_search": settings.cudnn_conv_algo_search,
+            }
+            if settings.cuda_mem_limit:
+                options["gpu_mem_limit"] = settings.cuda_mem_limit
+            out.append((name, options))
+        else:
+            out.append(name)
+    return out
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # a generator is a chain: no inter-op parallelism
+    opts.intra_op_num_threads = settings.intra_op_threads
+    opts.inter_op_num_threads = 1
+    # spinning keeps idle pool threads busy-waiting; off by default, as the encode threads and the
+    # event loop share the same cores
+    opts.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if settings.intra_op_spinning else "0"
+    )
+    opts.log_severity_level = 3  # errors only: the provider each session got is logged below
+    return opts
+
+
+# ---------------------------------------------------------------------------- models
+
+
+@dataclass
+class Graph:
+    """One resolution's session."""
+
+    res: int
+    path: Path
+    session: ort.InferenceSession
+    input_name: str
+    output_name: str
+    z_dim: int
+    min_rows: int  # runs are padded to this many rows: see Settings.min_run_batch
+
+    @property
+    def provider(self) -> str:
+        return self.session.get_providers()[0]
+
+    def run(self, z: np.ndarray) -> np.ndarray:
+        """[N, z_dim] float32 -> [N, res, res, 3] uint8. Blocking; called from the inference thread."""
+        rows = len(z)
+        assert z.ndim == 2 and z.shape[1] == self.z_dim and z.dtype == np.float32, (z.shape, z.dtype)
+        if rows < self.min_rows:
+            z = np.concatenate([z, np.zeros((self.min_rows - rows, self.z_dim), np.float32)])
+        out = self.session.run([self.output_name], {self.input_name: z})[0]
+        assert out.shape == (len(z), self.res, self.res, 3) and out.dtype == np.uint8, (out.shape, out.dtype)
+        return out[:rows]
+
+
+@dataclass
+class Model:
+    name: str
+    folder: Path
+    manifest: Manifest
+    graphs: dict[int, Graph]
+    batchers: dict[int, MicroBatcher] = field(default_factory=dict)
+
+    @property
+    def resolutions(self) -> list[int]:
+        return sorted(self.graphs)
+
+    @property
+    def z_dim(self) -> int:
+        return self.manifest.z_dim
+
+    def check_res(self, res: int | None) -> int:
+        """The requested resolution, or the largest one; 422 listing the offered ones."""
+        if res is None:
+            return self.resolutions[-1]
+        if res not in self.graphs:
+            offered = ", ".join(map(str, self.resolutions))
+            raise InvalidInput(
+                f"resolution {res} is not offered by model {self.name!r}; choose one of {offered}"
+            )
+        return res
+
+    async def generate(self, res: int, z: np.ndarray) -> np.ndarray:
+        """[N, z_dim] -> [N, res, res, 3] uint8, through the micro-batcher."""
+        return await self.batchers[res].infer(z)
+
+
+@dataclass
+class BrokenModel:
+    name: str
+    folder: Path
+    error: str
+
+
+def load_model(folder: Path, settings: Settings, providers: list[Any]) -> Model:
+    """Read and verify one model folder, create and warm up its sessions; ModelLoadError names the file."""
+    manifest = read_manifest(folder)
+    verify_files(folder, manifest)
+    opts = session_options(settings)
+    graphs: dict[int, Graph] = {}
+    for res, entry in sorted(manifest.resolutions.items()):
+        path = folder / entry.file
+        try:
+            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
+            raise ModelLoadError(
+                f"{path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})"
+            ) from None
+        inputs = {i.name: i.type for i in session.get_inputs()}
+        outputs = {o.name: o.type for o in session.get_outputs()}
+        if (
+            inputs.get(manifest.input.name) != "tensor(float)"
+            or outputs.get(manifest.output.name) != "tensor(uint8)"
+        ):
+            raise ModelLoadError(
+                f"{path}: expected input {manifest.input.name!r} float32 and output {manifest.output.name!r} uint8, "
+                f"the graph has inputs {inputs} and outputs {outputs}"
+            )
+        graph = Graph(
+            res,
+            path,
+            session,
+            manifest.input.name,
+            manifest.output.name,
+            manifest.z_dim,
+            settings.min_run_batch,
+        )
+        try:
+            graph.run(np.zeros((settings.warmup_batch, manifest.z_dim), np.float32))  # warm-up
+        except Exception as exc:
+            raise ModelLoadError(f"{path}: warm-up run failed ({type(exc).__name__}: {exc})") from None
+        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        level = logging.INFO if graph.provider == wanted else logging.WARNING
+        log.log(
+            level, "model %s res %d: session on %s (asked for %s)", folder.name, res, graph.provider, wanted
+        )
+        graphs[res] = graph
+    return Model(folder.name, folder, manifest, graphs)
+
+
+def model_folders(model_dir: Path) -> list[Path]:
+    """Model folders under model_dir (or model_dir itself when it holds a manifest.json)."""
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"{model_dir}: the model folder does not exist (FACES_MODEL_DIR)")
+    if (model_dir / "manifest.json").is_file():
+        return [model_dir]
+    folders = sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if not folders:
+        raise ModelLoadError(
+            f"{model_dir}: no model folders (each needs a manifest.json; see docs/manifest.md)"
+        )
+    return folders
+
+
+class ModelRepository:
+    """Every model found at start-up: those that serve and those reported unavailable."""
+
+    def __init__(self, models: dict[str, Model], broken: dict[str, BrokenModel], default: str) -> None:
+        self.models = models
+        self.broken = broken
+        self.default = default
+
+    @classmethod
+    def load(cls, settings: Settings) -> ModelRepository:
+        """Load every model folder; raises ModelLoadError when none can serve."""
+        providers = execution_providers(settings)
+        models: dict[str, Model] = {}
+        broken: dict[str, BrokenModel] = {}
+        for folder in model_folders(settings.model_dir):
+            try:
+                models[folder.name] = load_model(folder, settings, providers)
+            except ModelLoadError as exc:
+                log.error("model %s is unavailable: %s", folder.name, exc)
+                broken[folder.name] = BrokenModel(folder.name, folder, str(exc))
+        if not models:
+            raise ModelLoadError("no model can be served: " + "; ".join(b.error for b in broken.values()))
+        default = settings.default_model
+        if default not in models:
+            first = next(iter(models))
+            log.warning("default model %r is not available; using %r", default, first)
+            default = first
+        return cls(models, broken, default)
+
+    def start(self, settings: Settings, executor: Executor, metrics: Metrics) -> None:
+        """Create and start one micro-batcher per graph; needs the running event loop."""
+        for model in self.models.values():
+            metrics.model_up.labels(model.name).set(1)
+            for res, graph in model.graphs.items():
+                labels = (model.name, str(res))
+                metrics.provider.labels(*labels, graph.provider).set(1)
+                batcher = MicroBatcher(
+                    graph.run,
+                    executor,
+                    max_batch=settings.max_batch,
+                    max_wait_s=settings.max_wait_ms / 1000,
+                    batching=settings.batching,
+                    observe=_observer(metrics, labels),
+                    queue_depth=metrics.queue_depth.labels(*labels).inc,
+                )
+                batcher.start()
+                model.batchers[res] = batcher
+        for name in self.broken:
+            metrics.model_up.labels(name).set(0)
+
+    async def stop(self) -> None:
+        for model in self.models.values():
+            for batcher in model.batchers.values():
+                await batcher.stop()
+
+    def get(self, name: str | None) -> Model:
+        """The named model (default when None); 422 if unknown, 503 if it failed to load."""
+        name = name or self.default
+        if name in self.models:
+            return self.models[name]
+        if name in self.broken:
+            raise Unavailable(f"model {name!r} is unavailable: {self.broken[name].error}")
+        raise InvalidInput(f"unknown model {name!r}; available: {', '.join(sorted(self.models))}")
+
+
+def _observer(metrics: Metrics, labels: tuple[str, str]) -> Any:
+    batch_size = metrics.batch_size.labels(*labels)
+    images = metrics.images.labels(*labels)
+    seconds = metrics.generation_seconds.labels(*labels)
+
+    def observe(rows: int, elapsed: float) -> None:
+        batch_size.observe(rows)
+        images.inc(rows)
+        seconds.observe(elapsed)
+
+    return observe

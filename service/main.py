@@ -1,0 +1,108 @@
+"""The FastAPI app: `create_app(settings)` for tests, `app` for `uvicorn service.main:app`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service import __version__
+from service.config import Settings
+from service.deps import require_api_key, require_api_key_for_probes
+from service.errors import install_error_handlers
+from service.inference.manifest import ModelLoadError
+from service.inference.pipeline import Pipeline
+from service.inference.sessions import ModelRepository
+from service.metrics import Metrics
+from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.routes import generate, health, interpolate, latents, models
+
+log = logging.getLogger("service")
+
+DESCRIPTION = """
+Faces from ProGAN generators exported to ONNX, served with onnxruntime.
+
+* `POST /generate` one or more faces (seeds, truncation or explicit latents; PNG, JPEG or WebP)
+* `POST /interpolate` walks between waypoints (animated GIF / WebP, a strip, or JSON frames)
+* `GET /latents/{seed}` the z a seed maps to, so clients can do latent arithmetic
+* `GET /models` what is loaded, at which resolutions, on which execution provider
+
+Errors are JSON: `{"detail": "..."}`. With FACES_API_KEYS set, send a key as `X-API-Key` or
+`Authorization: Bearer`. Settings: docs/service.md.
+"""
+
+
+def configure_logging(level: str) -> None:
+    """Give the `service` logger a handler of its own when nobody configured one (uvicorn does not)."""
+    logger = logging.getLogger("service")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            repo = ModelRepository.load(settings)
+        except ModelLoadError as exc:
+            log.error("start-up failed: %s", exc)
+            raise
+        inference = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="onnxruntime")
+        encoder = ThreadPoolExecutor(settings.encode_threads, thread_name_prefix="encode")
+        repo.start(settings, inference, metrics)
+        app.state.pipeline = Pipeline(repo, settings, encoder)
+        app.state.ready = True
+        log.info(
+            "ready: models %s (default %s), batching %s (max %d rows, %.1f ms wait)",
+            ", ".join(sorted(repo.models)),
+            repo.default,
+            "on" if settings.batching else "off",
+            settings.max_batch,
+            settings.max_wait_ms,
+        )
+        try:
+            yield
+        finally:  # uvicorn gets here after the requests in flight have finished
+            app.state.ready = False
+            await repo.stop()
+            inference.shutdown(wait=True)
+            encoder.shutdown(wait=True)
+            log.info("stopped")
+
+    app = FastAPI(title="ProGAN faces", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.ready = False
+    install_error_handlers(app)
+
+    protected = [Depends(require_api_key)]
+    for module in (generate, interpolate, latents, models):
+        app.include_router(module.router, dependencies=protected)
+    app.include_router(health.router, dependencies=[Depends(require_api_key_for_probes)])
+
+    # the last added is the outermost: metrics see every response, 413s included
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=["X-Seed", "X-Seeds", "X-Resolution", "X-Model", "X-Truncation", "X-Frames"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+app = create_app()
