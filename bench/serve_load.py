@@ -342,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="also write every figure here")
     args = p.parse_args(argv)
 
+    # a SIGTERM (timeout, kill) unwinds like Ctrl-C, so the servers this script started are stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible",
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
