@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check trainer service tests bench
+	$(BIN)/ruff check trainer service tests bench scripts docker
 	$(BIN)/mypy trainer service
 
 docker-test: $(STAMP)

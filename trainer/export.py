@@ -313,6 +313,7 @@ def export_model(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp.chmod(0o755)  # mkdtemp makes it 0700: a service running as another user could not read it
     try:
         store = WeightStore(tmp / WEIGHTS_FILE)
         files: dict[str, Any] = {}

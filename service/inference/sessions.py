@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,11 +183,16 @@ def load_model(folder: Path, settings: Settings, providers: list[Any]) -> Model:
 
 def model_folders(model_dir: Path) -> list[Path]:
     """Model folders under model_dir (or model_dir itself when it holds a manifest.json)."""
-    if not model_dir.is_dir():
-        raise ModelLoadError(f"{model_dir}: the model folder does not exist (FACES_MODEL_DIR)")
-    if (model_dir / "manifest.json").is_file():
-        return [model_dir]
-    folders = sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    try:
+        if not model_dir.is_dir():
+            raise ModelLoadError(f"{model_dir}: the model folder does not exist (FACES_MODEL_DIR)")
+        if (model_dir / "manifest.json").is_file():
+            return [model_dir]
+        folders = sorted(p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    except PermissionError as exc:
+        raise ModelLoadError(
+            f"{model_dir}: cannot read the model folder ({exc}); the service runs as uid {os.getuid()}"
+        ) from None
     if not folders:
         raise ModelLoadError(
             f"{model_dir}: no model folders (each needs a manifest.json; see docs/manifest.md)"
