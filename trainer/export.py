@@ -380,6 +380,9 @@ def export_model(
         validate_manifest(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():  # --force: swap in, then drop the old one
+            for f in out.iterdir():  # a model card, notes, evaluate's reports: not ours to lose
+                if f.is_file() and f.suffix != ".onnx" and not (tmp / f.name).exists():
+                    shutil.copy2(f, tmp / f.name)
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)

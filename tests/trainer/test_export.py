@@ -91,5 +91,7 @@ def test_export_cli_and_bad_input(tiny_run: Path, tmp_path: Path, capsys) -> Non
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.tmp-*"))
     metrics = tmp_path / "metrics_16.json"
     metrics.write_text(json.dumps({"resolution": 16, "fid": 123.4, "num": 100}))
+    (out / "MODEL_CARD.md").write_text("# my card\n")
     assert main(["export", str(tiny_run), "--out", str(out), "--force", "--metrics", str(metrics)]) == 0
     assert json.loads((out / "manifest.json").read_text())["metrics"]["16"]["fid"] == 123.4
+    assert (out / "MODEL_CARD.md").read_text() == "# my card\n"  # --force keeps what export does not write
