@@ -1,7 +1,7 @@
 """Figures of an exported model for the docs: a sample grid, an interpolation strip and one seed at every
 resolution. Uses the model folder exactly as the service does (onnxruntime, the manifest, the seed RNG).
 
-    python scripts/model_figures.py models/celeba --out docs/ [--seeds 0-63] [--res 64]
+    python scripts/model_figures.py models/celeba --out docs/figures [--first-seed 0] [--res 64] [--prefix generated]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("docs"))
     ap.add_argument("--res", type=int, help="resolution of the grid and strip (default: the largest)")
     ap.add_argument("--first-seed", type=int, default=0)
+    ap.add_argument("--prefix", default="generated", help="file names: PREFIX_samples.png, ... (default: generated)")
     a = ap.parse_args()
     m = json.loads((a.model / "manifest.json").read_text())
     resolutions = sorted(int(r) for r in m["resolutions"])
@@ -33,7 +34,7 @@ def main() -> None:
         sess = ort.InferenceSession(str(a.model / m["resolutions"][str(r)]["file"]), providers=["CPUExecutionProvider"])
         return sess.run(None, {m["input"]["name"]: z})[0]
 
-    name = m["name"]
+    name = a.prefix
     a.out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(a.first_seed, a.first_seed + 64))
     z = z_for_seeds(seeds, m["z_dim"])
