@@ -14,6 +14,7 @@ from service import __version__
 from service.config import Settings
 from service.deps import require_api_key, require_api_key_for_probes
 from service.errors import install_error_handlers
+from service.inference.batching import InferenceScheduler
 from service.inference.manifest import ModelLoadError
 from service.inference.pipeline import Pipeline
 from service.inference.sessions import ModelRepository
@@ -58,9 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except ModelLoadError as exc:
             log.error("start-up failed: %s", exc)
             raise
-        inference = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="onnxruntime")
+        scheduler = InferenceScheduler(settings.inference_threads)
         encoder = ThreadPoolExecutor(settings.encode_threads, thread_name_prefix="encode")
-        repo.start(settings, inference, metrics)
+        repo.start(settings, scheduler, metrics)
+        scheduler.start()
         app.state.pipeline = Pipeline(repo, settings, encoder)
         app.state.ready = True
         log.info(
@@ -75,8 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:  # uvicorn gets here after the requests in flight have finished
             app.state.ready = False
-            await repo.stop()
-            inference.shutdown(wait=True)
+            await scheduler.stop()
             encoder.shutdown(wait=True)
             log.info("stopped")
 

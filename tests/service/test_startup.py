@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import subprocess
@@ -10,8 +11,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from service.config import REPO_ROOT, Settings
 from service.inference.manifest import ModelLoadError
@@ -121,6 +124,23 @@ def test_sessions_log_the_provider_they_got(
         provider = c.get("/models").json()["models"][0]["provider"]
     lines = [r.getMessage() for r in caplog.records if "session on" in r.getMessage()]
     assert len(lines) == 3 and all(f"session on {provider}" in line for line in lines)
+
+
+def test_cpu_layouts_serve_the_same_faces(models_root: Path, make_settings: Callable[..., Settings]) -> None:
+    images = {}
+    for layout in ("nchwc", "nchw", "auto"):
+        with TestClient(create_app(make_settings(models_root, cpu_layout=layout))) as c:
+            info = c.get("/models").json()["models"][0]
+            assert set(info["cpu_layouts"]) == {"4", "8", "16"}
+            if layout != "auto":
+                assert set(info["cpu_layouts"].values()) == {layout}
+            else:
+                assert set(info["cpu_layouts"].values()) <= {"nchwc", "nchw"}
+            r = c.post("/generate?res=16&seed=3&format=png")
+            assert r.status_code == 200
+            images[layout] = np.asarray(Image.open(io.BytesIO(r.content)), dtype=int)
+    # the two layouts sum in different orders: at most a grey level apart
+    assert np.abs(images["nchwc"] - images["nchw"]).max() <= 1
 
 
 def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -13,8 +13,9 @@ import torch
 
 from tests.conftest import REPO
 from trainer.cli import main
-from trainer.export import export_model
+from trainer.export import ChannelL2Norm, export_model
 from trainer.manifest import SCHEMA, ManifestError, validate_manifest
+from trainer.networks import PixelNorm
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +96,13 @@ def test_export_cli_and_bad_input(tiny_run: Path, tmp_path: Path, capsys) -> Non
     assert main(["export", str(tiny_run), "--out", str(out), "--force", "--metrics", str(metrics)]) == 0
     assert json.loads((out / "manifest.json").read_text())["metrics"]["16"]["fid"] == 123.4
     assert (out / "MODEL_CARD.md").read_text() == "# my card\n"  # --force keeps what export does not write
+
+
+def test_pixel_norm_exports_as_one_channel_l2_reduction(exported) -> None:
+    x = torch.randn(4, 16, 8, 8, generator=torch.Generator().manual_seed(0)) * 3
+    assert torch.allclose(ChannelL2Norm(1e-8)(x), PixelNorm()(x), rtol=1e-5, atol=1e-6)
+    assert torch.equal(ChannelL2Norm(1e-8)(torch.zeros(1, 4, 2, 2)), torch.zeros(1, 4, 2, 2))
+    path = exported.out / exported.manifest["resolutions"]["16"]["file"]
+    ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
+    assert "ReduceL2" in ops and "ReduceMean" not in ops and "Pow" not in ops
+    assert isinstance(exported.modules[16].G.norm, PixelNorm)  # the torch reference is left as it was
