@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     encode_threads: int = Field(default=2, ge=1, le=64)  # threads that encode PNG / JPEG / WebP / GIF
     png_level: int = Field(
         default=1, ge=0, le=9
-    )  # zlib level of PNGs: 1 is ~3x faster than 6, files ~40% larger
+    )  # zlib level of PNGs: 1 is ~3x faster than 6, files ~10% larger
 
     # --- batching
     batching: bool = True  # on/off: merge concurrent requests for one model and resolution into one run

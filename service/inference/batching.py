@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -38,9 +39,11 @@ class _Item:
 class MicroBatcher:
     """One graph's queue of requests. A run takes the queued rows (at most `max_batch`); when fewer are
     queued it waits for more until the oldest request has waited `max_wait_s`, but only while requests
-    arrive closer together than `max_wait_s` (a moving average of the gaps), so a lone client is not kept
-    waiting for company that is not coming. With `batching=False` every request runs on its own, through
-    the same queue and threads."""
+    arrive closer together than `max_wait_s` (a moving average of the gaps) and recent waits brought more
+    rows (a moving average of their outcomes; one wait in PROBE_EVERY is tried regardless). So a lone
+    client, whose next request cannot come before this one's answer, is not kept waiting for company that
+    is not coming. With `batching=False` every request runs on its own, through the same queue and threads.
+    """
 
     scheduler: InferenceScheduler
     run: RunFn
@@ -54,6 +57,30 @@ class MicroBatcher:
     claimed: bool = False  # a thread is forming a batch from this queue
     last_arrival: float | None = None
     gap: float = float("inf")  # moving average of the time between arrivals, seconds
+    wait_hit_rate: float = 1.0  # moving average of 1 (a wait brought rows) / 0 (it did not)
+    skipped_waits: int = 0  # waits skipped since the last one tried
+    waits: int = 0  # waits tried, and those that brought rows (tests and debugging)
+    waits_gained: int = 0
+
+    PROBE_EVERY: ClassVar[int] = (
+        32  # with a low hit rate, still try one wait in this many runs to notice load returning
+    )
+    MIN_HIT_RATE: ClassVar[float] = 0.2
+
+    def should_wait(self) -> bool:
+        """Whether a run with fewer than max_batch rows should wait for more (called under the lock)."""
+        if not self.batching or self.rows >= self.max_batch or self.gap > self.max_wait_s:
+            return False
+        if self.wait_hit_rate >= self.MIN_HIT_RATE or self.skipped_waits + 1 >= self.PROBE_EVERY:
+            self.skipped_waits = 0
+            return True
+        self.skipped_waits += 1
+        return False
+
+    def waited(self, gained: bool) -> None:
+        self.waits += 1
+        self.waits_gained += gained
+        self.wait_hit_rate = 0.7 * self.wait_hit_rate + 0.3 * gained
 
     async def infer(self, z: np.ndarray) -> np.ndarray:
         """[N, z_dim] -> [N, R, R, 3]; N may exceed max_batch (it is split into chunks)."""
@@ -172,15 +199,17 @@ class InferenceScheduler:
                     break
                 self.cond.wait()
             b = min(ready, key=lambda q: q.items[0].arrival)
-            if b.batching and b.rows < b.max_batch and b.gap <= b.max_wait_s:
+            deadline = b.items[0].arrival + b.max_wait_s  # the oldest request waits at most max_wait_s
+            if deadline > time.monotonic() and b.should_wait():
                 b.claimed = True
-                deadline = b.items[0].arrival + b.max_wait_s
+                rows_before = b.rows
                 while b.rows < b.max_batch and not self._stopping:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self.cond.wait(remaining)
                 b.claimed = False
+                b.waited(b.rows > rows_before)
             batch = b._take()
             if b.items:
                 self.cond.notify()  # what did not fit is ready for another thread

@@ -237,3 +237,43 @@ def test_padding_runs_to_a_fixed_size_keeps_the_bytes(
         with TestClient(create_app(make_settings(models_root, min_run_batch=min_run_batch))) as client:
             results.append([client.post(url).content for url in urls])
     assert results[0] == results[1]
+
+
+def test_a_lone_closed_loop_client_is_not_kept_waiting() -> None:
+    graph = SlowGraph(0.002)
+
+    async def main() -> MicroBatcher:
+        scheduler = InferenceScheduler(1)
+        b = batcher_on(scheduler, graph, max_wait_s=0.05)  # gaps (~2 ms) are well under max_wait
+        scheduler.start()
+        for i in range(64):  # one client: the next request only after the last answer
+            await b.infer(rows(i))
+        await scheduler.stop()
+        return b
+
+    b = asyncio.run(main())
+    assert b.waits_gained == 0
+    assert b.waits <= 6  # a few waits find out that none brings rows; then one probe in PROBE_EVERY runs
+    assert all(len(run) == 1 for run in graph.runs)
+
+
+def test_concurrent_callers_keep_the_waits_that_pay() -> None:
+    graph = SlowGraph(0.002)
+
+    async def main() -> MicroBatcher:
+        scheduler = InferenceScheduler(1)
+        b = batcher_on(scheduler, graph, max_wait_s=0.05)
+
+        async def client(k: int) -> None:
+            for i in range(8):
+                await b.infer(rows(100 * k + i))
+                await asyncio.sleep(0.001 * k)  # clients out of step: requests trickle in
+
+        scheduler.start()
+        await asyncio.gather(*(client(k) for k in range(8)))
+        await scheduler.stop()
+        return b
+
+    b = asyncio.run(main())
+    assert b.waits_gained > b.waits / 2
+    assert sum(len(run) for run in graph.runs) == 64 and len(graph.runs) < 32
