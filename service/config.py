@@ -44,8 +44,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=16, ge=1, le=1024)  # rows per onnxruntime run
     max_wait_ms: float = Field(default=5.0, ge=0, le=10_000)  # how long a run waits for more rows
     min_run_batch: int = Field(
-        default=2, ge=1, le=1024
-    )  # runs are padded to at least this many rows (see docs)
+        default=0, ge=0, le=1024
+    )  # runs are padded to at least this many rows; 0 = auto, probed per graph at start-up (see docs)
 
     # --- request limits
     max_n: int = Field(default=16, ge=1, le=4096)  # images per /generate request

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,39 @@ def choose_cpu_layout(
     if _median_run_seconds(session, feed) <= _median_run_seconds(plain, feed):
         return session, "nchwc"
     return plain, "nchw"
+
+
+PROBE_VALUES = 1_000_000  # output values a probe compares (one grey level flips in ~2e-5 of them)
+PROBE_MAX_ROWS = 512
+
+
+def probe_min_rows(run: Callable[[np.ndarray], np.ndarray], z_dim: int, res: int, max_batch: int) -> int:
+    """The fewest rows a run must have for every run size to give the same bytes (FACES_MIN_RUN_BATCH=0).
+
+    A provider may take another kernel path for a batch of one row (onnxruntime's plain-NCHW CPU
+    convolutions do; so do its NCHWc ones on graphs exported before PixelNorm became one ReduceL2), or
+    choose other algorithms for other batch sizes (cuDNN may). The difference shows as single pixels one
+    grey level off, ~2 in 100,000 output values, so the probe needs about a million of them: seeded rows
+    run max_batch at a time, then 1, 2 and 3 at a time. Returns 1 when all agree, 2 when only single rows
+    differ, else max_batch (every run then has the same shape). Graphs too small to reach a million values
+    in PROBE_MAX_ROWS rows (16x16 and below) are not probed: 2, as padding them costs next to nothing."""
+    rows = max(8, math.ceil(PROBE_VALUES / (3 * res * res)))
+    if rows > PROBE_MAX_ROWS or max_batch < 2:
+        return 2 if max_batch >= 2 else 1
+    z = np.random.default_rng(0).standard_normal((rows, z_dim), dtype=np.float32)
+
+    def in_runs_of(k: int) -> np.ndarray:
+        outs = []
+        for i in range(0, rows, k):
+            part = z[i : i + k]
+            padded = np.concatenate([part, np.zeros((k - len(part), z_dim), np.float32)])
+            outs.append(run(padded)[: len(part)])
+        return np.concatenate(outs)
+
+    reference = in_runs_of(max_batch)
+    if not all(np.array_equal(in_runs_of(k), reference) for k in (2, 3) if k < max_batch):
+        return max_batch
+    return 1 if np.array_equal(in_runs_of(1), reference) else 2
 
 
 def _median_run_seconds(session: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int = 5) -> float:
@@ -201,32 +236,32 @@ def load_model(folder: Path, settings: Settings, providers: list[Any]) -> Model:
         z = np.zeros((max(settings.warmup_batch, settings.min_run_batch), manifest.z_dim), np.float32)
         try:
             session, layout = choose_cpu_layout(session, path, settings, providers, z)
-        except Exception as exc:
-            raise ModelLoadError(f"{path}: warm-up run failed ({type(exc).__name__}: {exc})") from None
-        graph = Graph(
-            res,
-            path,
-            session,
-            manifest.input.name,
-            manifest.output.name,
-            manifest.z_dim,
-            settings.min_run_batch,
-            layout,
-        )
-        try:
+            graph = Graph(
+                res,
+                path,
+                session,
+                manifest.input.name,
+                manifest.output.name,
+                manifest.z_dim,
+                settings.min_run_batch or 1,
+                layout,
+            )
             graph.run(np.zeros((settings.warmup_batch, manifest.z_dim), np.float32))  # warm-up
+            if not settings.min_run_batch:
+                graph.min_rows = probe_min_rows(graph.run, manifest.z_dim, res, settings.max_batch)
         except Exception as exc:
             raise ModelLoadError(f"{path}: warm-up run failed ({type(exc).__name__}: {exc})") from None
         wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
         level = logging.INFO if graph.provider == wanted else logging.WARNING
         log.log(
             level,
-            "model %s res %d: session on %s (asked for %s)%s",
+            "model %s res %d: session on %s (asked for %s)%s, runs padded to %d row(s)",
             folder.name,
             res,
             graph.provider,
             wanted,
             f", {layout} layout" if layout != "-" else "",
+            graph.min_rows,
         )
         graphs[res] = graph
     return Model(folder.name, folder, manifest, graphs)

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from service.config import Settings
 from service.inference.batching import BatcherStopped, InferenceScheduler, MicroBatcher
 from service.inference.latents import z_for_seeds
-from service.inference.sessions import ModelRepository
+from service.inference.sessions import ModelRepository, probe_min_rows
 from service.main import create_app
 
 # 32 requests: seeds, sizes, formats, resolutions, truncation and explicit layouts mixed
@@ -233,10 +233,26 @@ def test_padding_runs_to_a_fixed_size_keeps_the_bytes(
 ) -> None:
     urls = ["/generate?res=16&seed=77&n=3", "/generate?res=16&seed=78", "/generate?res=8&seed=5&format=webp"]
     results = []
-    for min_run_batch in (2, 16):  # 16: every run has the same shape (what a GPU deployment may want)
+    for min_run_batch in (0, 1, 2, 16):  # 0: probed; 16: every run has the same shape
         with TestClient(create_app(make_settings(models_root, min_run_batch=min_run_batch))) as client:
             results.append([client.post(url).content for url in urls])
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2] == results[3]
+
+
+def test_the_probe_finds_the_smallest_safe_run_size() -> None:
+    def consistent(z: np.ndarray) -> np.ndarray:
+        return (z[:, :3] * 10).astype(np.int64)
+
+    def single_rows_differ(z: np.ndarray) -> np.ndarray:  # like plain-NCHW onnxruntime on the CPU
+        return consistent(z) + (len(z) == 1)
+
+    def every_size_differs(z: np.ndarray) -> np.ndarray:  # like cuDNN choosing per batch size
+        return consistent(z) + len(z)
+
+    assert probe_min_rows(consistent, 4, res=64, max_batch=16) == 1
+    assert probe_min_rows(single_rows_differ, 4, res=64, max_batch=16) == 2
+    assert probe_min_rows(every_size_differs, 4, res=64, max_batch=16) == 16
+    assert probe_min_rows(consistent, 4, res=16, max_batch=16) == 2  # too small to probe: padded to 2
 
 
 def test_a_lone_closed_loop_client_is_not_kept_waiting() -> None:
