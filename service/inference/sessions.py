@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,31 +67,26 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     return opts
 
 
-def choose_cpu_layout(
-    session: ort.InferenceSession, path: Path, settings: Settings, providers: list[Any], z: np.ndarray
+def cpu_layout_session(
+    session: ort.InferenceSession, path: Path, settings: Settings, providers: list[Any]
 ) -> tuple[ort.InferenceSession, str]:
     """The session to serve with and its CPU layout ("nchwc", "nchw", or "-" off the CPU provider).
 
-    onnxruntime's CPU provider rewrites convolutions to a blocked NCHWc layout (8 or 16 channels a block).
-    That is 10-40% faster for layers of 16 channels or more, but slower for the 4-8 channel layers of a small
-    network's last resolutions (the blocks are mostly padding, and the layout is converted around every
-    PixelNorm). With cpu_layout=auto a second session without NCHWc is built, both are timed on `z`, and
-    the faster one is kept. The two layouts sum in different orders (a few pixels differ by one grey level),
-    so auto, being a timing, can make two replicas of one model disagree in those pixels; hence not the
-    default."""
-    if session.get_providers()[0] != "CPUExecutionProvider" or settings.cpu_layout == "nchwc":
-        return session, "-" if session.get_providers()[0] != "CPUExecutionProvider" else "nchwc"
+    onnxruntime's CPU provider rewrites convolutions to a blocked NCHWc layout (8 or 16 channels a block),
+    10-40% faster for layers of 16 channels or more. For the 4-8 channel top layers of a small network,
+    plain NCHW runs one image ~10% faster, but takes another kernel path for single rows, so those runs
+    get padded to two (see probe_min_rows) and the gain turns into a loss at batch 1: hence not the
+    default (bench/serve_load.py times both)."""
+    if session.get_providers()[0] != "CPUExecutionProvider":
+        return session, "-"
+    if settings.cpu_layout == "nchwc":
+        return session, "nchwc"
     plain = ort.InferenceSession(
         str(path),
         sess_options=session_options(settings),
         providers=providers,
         disabled_optimizers=["NchwcTransformer"],
     )
-    if settings.cpu_layout == "nchw":
-        return plain, "nchw"
-    feed = {session.get_inputs()[0].name: z}
-    if _median_run_seconds(session, feed) <= _median_run_seconds(plain, feed):
-        return session, "nchwc"
     return plain, "nchw"
 
 
@@ -127,16 +121,6 @@ def probe_min_rows(run: Callable[[np.ndarray], np.ndarray], z_dim: int, res: int
     if not all(np.array_equal(in_runs_of(k), reference) for k in (2, 3) if k < max_batch):
         return max_batch
     return 1 if np.array_equal(in_runs_of(1), reference) else 2
-
-
-def _median_run_seconds(session: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int = 5) -> float:
-    session.run(None, feed)  # the first run allocates
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 # ---------------------------------------------------------------------------- models
@@ -233,9 +217,8 @@ def load_model(folder: Path, settings: Settings, providers: list[Any]) -> Model:
                 f"{path}: expected input {manifest.input.name!r} float32 and output {manifest.output.name!r} uint8, "
                 f"the graph has inputs {inputs} and outputs {outputs}"
             )
-        z = np.zeros((max(settings.warmup_batch, settings.min_run_batch), manifest.z_dim), np.float32)
         try:
-            session, layout = choose_cpu_layout(session, path, settings, providers, z)
+            session, layout = cpu_layout_session(session, path, settings, providers)
             graph = Graph(
                 res,
                 path,
