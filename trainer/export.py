@@ -259,6 +259,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def dataset_label(data: str | None) -> str:
+    """The data set's folder and its parent ("celeba/img_align_celeba"): the training machine's absolute
+    path means nothing to the people who read a manifest."""
+    if not data:
+        return "unknown"
+    parts = Path(str(data)).parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else str(data)
+
+
 def dataset_licence(data: str) -> str:
     if "celeba" in data.lower():
         return "CelebA (Liu et al., ICCV 2015): non-commercial research purposes only"
@@ -392,7 +401,7 @@ def export_model(
             "consistency": report,
             "provenance": {
                 "architecture": lg.arch,
-                "dataset": f"{st.get('data', 'unknown')} ({st.get('num_images', '?')} images)",
+                "dataset": f"{dataset_label(st.get('data'))} ({st.get('num_images', '?')} images)",
                 "license": dataset_licence(str(st.get("data", ""))),
                 "kimg": round(float(st.get("kimg", 0.0)), 3),
                 "preset": st.get("train_cfg", {}).get("preset", "unknown"),

@@ -62,6 +62,7 @@ def test_manifest_follows_schema_and_docs_copy(exported) -> None:
     m = json.loads((exported.out / "manifest.json").read_text())
     validate_manifest(m)
     assert m["provenance"]["architecture"] == "progan" and "non-commercial" in m["provenance"]["license"]
+    assert not m["provenance"]["dataset"].startswith("/")  # no path of the training machine
     assert json.loads((REPO / "docs" / "manifest.schema.json").read_text()) == SCHEMA
     with pytest.raises(ManifestError, match="schema_version"):
         validate_manifest({**m, "schema_version": 99})
