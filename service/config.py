@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)  # uvicorn worker processes; each loads every model
     graceful_timeout: int = Field(default=30, ge=0)  # seconds in-flight requests get after SIGTERM
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: Literal["all", "no-probes", "off"] = (
+        "no-probes"  # uvicorn's access lines: all, all but /healthz /readyz /metrics, or none
+    )
 
     @field_validator("providers", "api_keys", "cors_origins", mode="before")
     @classmethod

@@ -47,9 +47,39 @@ def configure_logging(level: str) -> None:
         logger.addHandler(handler)
 
 
+PROBES = ("/healthz", "/readyz", "/metrics")
+
+
+class AccessLogFilter(logging.Filter):
+    """Drops uvicorn access lines: all of them, or those of the probes (a health check every few seconds
+    and a Prometheus scrape would otherwise be most of the log)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.mode == "off":
+            return False
+        if self.mode == "no-probes" and isinstance(record.args, tuple) and len(record.args) >= 3:
+            path = str(record.args[2]).split("?", 1)[
+                0
+            ]  # uvicorn's args: client, method, path, version, status
+            return path not in PROBES
+        return True
+
+
+def configure_access_log(mode: str) -> None:
+    access = logging.getLogger("uvicorn.access")
+    for old in [f for f in access.filters if isinstance(f, AccessLogFilter)]:
+        access.removeFilter(old)
+    access.addFilter(AccessLogFilter(mode))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level)
+    configure_access_log(settings.access_log)
     metrics = Metrics()
 
     @asynccontextmanager

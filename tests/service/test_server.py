@@ -124,6 +124,18 @@ def test_requests_in_flight_finish_on_sigterm(models_root: Path) -> None:
     assert "stopped" in log
 
 
+@pytest.mark.parametrize("mode", ["no-probes", "all"])
+def test_access_log_leaves_out_the_probes(models_root: Path, mode: str) -> None:
+    env = {"FACES_ACCESS_LOG": mode} if mode != "no-probes" else {}  # no-probes is the default
+    proc, url = start(models_root, [sys.executable, "-m", "service"], **env)
+    for path in ("/healthz", "/readyz", "/metrics", "/models"):
+        assert httpx.get(url + path).status_code == 200
+    log = stop(proc)
+    assert '"GET /models HTTP/1.1" 200' in log
+    probe_lines = [p for p in ("/healthz", "/readyz", "/metrics") if f'"GET {p} HTTP/1.1"' in log]
+    assert probe_lines == ([] if mode == "no-probes" else ["/healthz", "/readyz", "/metrics"])
+
+
 def test_broken_model_folder_exits_naming_the_file(tmp_path: Path) -> None:
     (tmp_path / "tiny").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACES_")}

@@ -27,14 +27,19 @@ class Sampler(Protocol):
 
 
 @dataclass
-class CheckpointSampler:
-    """The EMA generator of a trainer checkpoint, run in torch."""
+class _ModelSampler:
+    """What both samplers hold; z_dim, resolutions and arch are read from the model in __post_init__."""
 
     path: Path
     device: str
     z_dim: int = 0
     resolutions: list[int] = field(default_factory=list)
     arch: str = ""
+
+
+@dataclass
+class CheckpointSampler(_ModelSampler):
+    """The EMA generator of a trainer checkpoint, run in torch."""
 
     def __post_init__(self) -> None:
         from trainer.checkpoint import load_generator
@@ -68,14 +73,8 @@ class CheckpointSampler:
 
 
 @dataclass
-class OnnxSampler:
+class OnnxSampler(_ModelSampler):
     """An exported model folder: one ONNX graph per resolution, described by manifest.json."""
-
-    path: Path
-    device: str
-    z_dim: int = 0
-    resolutions: list[int] = field(default_factory=list)
-    arch: str = ""
 
     def __post_init__(self) -> None:
         mpath = self.path / "manifest.json"
