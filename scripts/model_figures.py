@@ -24,14 +24,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("docs"))
     ap.add_argument("--res", type=int, help="resolution of the grid and strip (default: the largest)")
     ap.add_argument("--first-seed", type=int, default=0)
-    ap.add_argument("--prefix", default="generated", help="file names: PREFIX_samples.png, ... (default: generated)")
+    ap.add_argument(
+        "--prefix", default="generated", help="file names: PREFIX_samples.png, ... (default: generated)"
+    )
     a = ap.parse_args()
     m = json.loads((a.model / "manifest.json").read_text())
     resolutions = sorted(int(r) for r in m["resolutions"])
     res = a.res or resolutions[-1]
 
     def run(r: int, z: np.ndarray) -> np.ndarray:
-        sess = ort.InferenceSession(str(a.model / m["resolutions"][str(r)]["file"]), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            str(a.model / m["resolutions"][str(r)]["file"]), providers=["CPUExecutionProvider"]
+        )
         return sess.run(None, {m["input"]["name"]: z})[0]
 
     name = a.prefix
@@ -46,8 +50,12 @@ def main() -> None:
 
     per_res = [run(r, z[:8]) for r in resolutions]
     big = max(resolutions)
-    rows = [np.stack([np.asarray(Image.fromarray(im).resize((big, big), Image.Resampling.NEAREST)) for im in imgs])
-            for imgs in per_res]
+    rows = [
+        np.stack(
+            [np.asarray(Image.fromarray(im).resize((big, big), Image.Resampling.NEAREST)) for im in imgs]
+        )
+        for imgs in per_res
+    ]
     grid(np.concatenate(rows), 8).save(a.out / f"{name}_resolutions.png")
     print(f"wrote {name}_samples.png, {name}_interpolation.png and {name}_resolutions.png to {a.out}")
 

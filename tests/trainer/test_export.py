@@ -107,3 +107,31 @@ def test_pixel_norm_exports_as_one_channel_l2_reduction(exported) -> None:
     ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
     assert "ReduceL2" in ops and "ReduceMean" not in ops and "Pow" not in ops
     assert isinstance(exported.modules[16].G.norm, PixelNorm)  # the torch reference is left as it was
+
+
+def test_old_pixel_norm_graphs_are_rewritten_within_one_grey_level(
+    exported, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import importlib.util
+
+    import trainer.export as export
+
+    spec = importlib.util.spec_from_file_location("migrate", REPO / "scripts" / "pixelnorm_reducel2.py")
+    assert spec is not None and spec.loader is not None
+    migrate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migrate)
+
+    monkeypatch.setattr(export, "onnx_friendly", lambda module: module)  # export as before the change
+    old = export.export_onnx(exported.modules[16], exported.manifest["z_dim"])
+    assert "ReduceMean" in [n.op_type for n in old.graph.node]
+    new = onnx.ModelProto.FromString(old.SerializeToString())
+    assert migrate.rewrite(new) == 7  # the latent's norm and two per block at 4, 8 and 16
+    ops = [n.op_type for n in new.graph.node]
+    assert "ReduceMean" not in ops and "Pow" not in ops and ops.count("ReduceL2") == 7
+    onnx.checker.check_model(new)
+    z = np.random.default_rng(5).standard_normal((64, exported.manifest["z_dim"]), dtype=np.float32)
+    a, b = (
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"z": z})[0]
+        for m in (old, new)
+    )
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
