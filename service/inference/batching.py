@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+
+log = logging.getLogger("service")
 
 RunFn = Callable[[np.ndarray], np.ndarray]  # z [N, z_dim] float32 -> images [N, R, R, 3] uint8
 ObserveFn = Callable[[int, float], None]  # (rows, seconds) of one run
@@ -221,20 +224,23 @@ class InferenceScheduler:
             if nxt is None:
                 return
             b, batch = nxt
-            b.queue_depth(-sum(len(item.z) for item in batch))
             live = [item for item in batch if not item.future.cancelled()]  # callers that gave up
-            if not live:
-                continue
-            z = live[0].z if len(live) == 1 else np.concatenate([item.z for item in live])
-            start = time.perf_counter()
+            out: np.ndarray | None = None
+            error: BaseException | None = None
             try:
-                out: np.ndarray | None = b.run(z)
-                error: BaseException | None = None
+                b.queue_depth(-sum(len(item.z) for item in batch))
+                if live:
+                    z = live[0].z if len(live) == 1 else np.concatenate([item.z for item in live])
+                    start = time.perf_counter()
+                    out = b.run(z)
+                    b.observe(len(z), time.perf_counter() - start)
             except Exception as exc:  # handed to every caller; the thread keeps serving
-                out, error = None, exc
-            else:
-                b.observe(len(z), time.perf_counter() - start)
-            _deliver(live, out, error)
+                if out is not None:  # the run worked and only the metrics failed: serve the images
+                    log.exception("recording a run's metrics failed")
+                else:
+                    error = exc
+            if live:
+                _deliver(live, out, error)
 
 
 def _deliver(items: list[_Item], out: np.ndarray | None, error: BaseException | None) -> None:

@@ -293,3 +293,18 @@ def test_concurrent_callers_keep_the_waits_that_pay() -> None:
     b = asyncio.run(main())
     assert b.waits_gained > b.waits / 2
     assert sum(len(run) for run in graph.runs) == 64 and len(graph.runs) < 32
+
+
+def test_a_failing_metrics_observer_does_not_lose_the_images() -> None:
+    def broken_observer(rows: int, seconds: float) -> None:
+        raise RuntimeError("metrics backend down")
+
+    async def main() -> np.ndarray:
+        scheduler = InferenceScheduler(1)
+        b = batcher_on(scheduler, SlowGraph(0.0), observe=broken_observer)
+        scheduler.start()
+        out = await asyncio.wait_for(b.infer(rows(3)), 10)
+        await scheduler.stop()
+        return out
+
+    assert float(asyncio.run(main())[0, 0]) == 3
