@@ -25,6 +25,7 @@ class Settings(BaseSettings):
 
     # --- onnxruntime
     providers: CommaList = ["CUDAExecutionProvider", "CPUExecutionProvider"]  # in order of preference
+    require_provider: bool = False  # fail start-up unless every session gets the first of `providers`
     cuda_device_id: int = Field(default=0, ge=0)
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
     cuda_mem_limit: int = Field(default=0, ge=0)  # bytes for the CUDA arena; 0 = no limit

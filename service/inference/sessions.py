@@ -30,6 +30,11 @@ def execution_providers(settings: Settings) -> list[str | tuple[str, dict[str, A
     available = ort.get_available_providers()
     chosen = [p for p in settings.providers if p in available]
     skipped = [p for p in settings.providers if p not in available]
+    if settings.require_provider and settings.providers and settings.providers[0] not in available:
+        raise ModelLoadError(
+            f"FACES_REQUIRE_PROVIDER is on but this onnxruntime does not offer {settings.providers[0]} "
+            f"(it offers {', '.join(available)})"
+        )
     if skipped:
         log.warning("providers not offered by this onnxruntime build, skipped: %s", ", ".join(skipped))
     if not chosen:
@@ -235,6 +240,11 @@ def load_model(folder: Path, settings: Settings, providers: list[Any]) -> Model:
         except Exception as exc:
             raise ModelLoadError(f"{path}: warm-up run failed ({type(exc).__name__}: {exc})") from None
         wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        if settings.require_provider and graph.provider != wanted:
+            raise ModelLoadError(
+                f"{path}: the session got {graph.provider}, not {wanted}, and FACES_REQUIRE_PROVIDER is on "
+                "(for CUDA: is the driver visible in this container, and does it support CUDA 13?)"
+            )
         level = logging.INFO if graph.provider == wanted else logging.WARNING
         log.log(
             level,

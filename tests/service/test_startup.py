@@ -113,6 +113,21 @@ def test_no_available_provider_fails_fast(models_root: Path, make_settings: Call
         pass
 
 
+def test_require_provider_fails_instead_of_falling_back(
+    models_root: Path, make_settings: Callable[..., Settings]
+) -> None:
+    # no GPU here: CUDA is either not offered by this onnxruntime build or its sessions fall back to the CPU
+    cuda_first = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    app = create_app(make_settings(models_root, providers=cuda_first, require_provider=True))
+    with pytest.raises(ModelLoadError, match="FACES_REQUIRE_PROVIDER"), TestClient(app):
+        pass
+    cpu_only = create_app(
+        make_settings(models_root, providers=["CPUExecutionProvider"], require_provider=True)
+    )
+    with TestClient(cpu_only) as c:
+        assert c.get("/readyz").status_code == 200
+
+
 def test_sessions_log_the_provider_they_got(
     models_root: Path, make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
