@@ -24,7 +24,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check trainer service tests bench scripts docker
-	$(BIN)/mypy trainer service
+	$(BIN)/mypy trainer service bench scripts
 
 docker-test: $(STAMP)
 	bash scripts/docker-test.sh

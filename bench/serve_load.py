@@ -78,6 +78,7 @@ def export_bench_model(
         source = f"freshly initialised {preset_name}-preset generator"
     assert isinstance(G0, Generator), "the bench exports ProGAN generators"
     G = fold_equalized_scales(G0.float().eval())
+    assert isinstance(G, Generator)
     round_weights_fp16(G)
     folder = out / "models" / "bench"
     folder.mkdir(parents=True)
@@ -131,7 +132,7 @@ def export_bench_model(
 def time_fn(fn: Any, seconds: float, min_iters: int = 5) -> float:
     """Median seconds per call over at least `min_iters` calls and about `seconds`."""
     fn()  # warm-up
-    times = []
+    times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_iters or time.perf_counter() - start < seconds:
         t = time.perf_counter()
@@ -472,6 +473,17 @@ def main(argv: list[str] | None = None) -> int:
                     if ("batching on", res, 16) in by and by.get(("batching off", res, 16))
                 )
             )
+        if "generator" in report:
+            # the most batching can give: the generator's own per-image gain, batch b against batch 1
+            ms = {(r["res"], r["batch"]): r["ort_nchwc_ms"] for r in report["generator"]}
+            biggest = max(args.gen_batches)
+            if biggest > 1 and 1 in args.gen_batches:
+                print(
+                    f"batching ceiling (generator alone, per image at batch {biggest} against batch 1): "
+                    + ", ".join(
+                        f"res {res}: x{ms[res, 1] / (ms[res, biggest] / biggest):.2f}" for res in args.res
+                    )
+                )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0
