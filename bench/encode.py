@@ -68,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         "128 (celeba-128)": faces(args.models / "celeba-128", 128, args.n),
     }
     sets["256 (128 upscaled)"] = np.stack(
-        [np.asarray(Image.fromarray(f).resize((256, 256), Image.Resampling.BICUBIC)) for f in sets["128 (celeba-128)"]]
+        [
+            np.asarray(Image.fromarray(f).resize((256, 256), Image.Resampling.BICUBIC))
+            for f in sets["128 (celeba-128)"]
+        ]
     )
     print(f"PNG, zlib level {args.level}, median of {args.repeats} x {args.n} single-image encodes\n")
     print("| images | Pillow ms | service ms | speed-up | Pillow KiB | service KiB | size ratio |")

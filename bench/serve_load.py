@@ -169,17 +169,23 @@ def bench_generator(
                 torch_out[res, b] = modules[res](zt).numpy()
                 torch_s[res, b] = time_fn(lambda m=modules[res], x=zt: m(x), seconds)
     from service.config import Settings
-    from service.inference.sessions import session_options
+    from service.inference.sessions import disabled_optimizers, session_options
 
-    opts = session_options(Settings(intra_op_threads=threads))  # as the service runs it (no spinning)
+    settings = {  # the service's FACES_CPU_LAYOUT choices, set up as the service sets them
+        "nchwc": Settings(intra_op_threads=threads, cpu_layout="nchwc"),
+        "nchw": Settings(intra_op_threads=threads, cpu_layout="nchw"),
+    }
     rows = []
     for res in resolutions:
         path = str(model_dir / f"G_{res}.onnx")
-        sessions = {  # the service's FACES_CPU_LAYOUT choices
-            "nchwc": ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"]),
-            "nchw": ort.InferenceSession(
-                path, opts, providers=["CPUExecutionProvider"], disabled_optimizers=["NchwcTransformer"]
-            ),
+        sessions = {
+            layout: ort.InferenceSession(
+                path,
+                session_options(s),
+                providers=["CPUExecutionProvider"],
+                disabled_optimizers=disabled_optimizers(s),
+            )
+            for layout, s in settings.items()
         }
         for b in batches:
             t = {}

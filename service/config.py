@@ -31,9 +31,7 @@ class Settings(BaseSettings):
     cuda_mem_limit: int = Field(default=0, ge=0)  # bytes for the CUDA arena; 0 = no limit
     intra_op_threads: int = Field(default=0, ge=0)  # threads per onnxruntime run; 0 = one per physical core
     intra_op_spinning: bool = False  # spin-wait between ops: lower latency, burns CPU when idle
-    cpu_layout: Literal["nchwc", "nchw"] = (
-        "nchwc"  # CPU provider: onnxruntime's blocked conv layout, or plain
-    )
+    cpu_layout: Literal["nchwc", "nchw"] = "nchwc"  # CPU provider: blocked (NCHWc) or plain conv layout
     inference_threads: int = Field(default=1, ge=1, le=64)  # onnxruntime runs in flight at once (all models)
     encode_threads: int = Field(default=2, ge=1, le=64)  # threads that encode PNG / JPEG / WebP / GIF
     png_level: int = Field(

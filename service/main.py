@@ -62,10 +62,8 @@ class AccessLogFilter(logging.Filter):
         if self.mode == "off":
             return False
         if self.mode == "no-probes" and isinstance(record.args, tuple) and len(record.args) >= 3:
-            path = str(record.args[2]).split("?", 1)[
-                0
-            ]  # uvicorn's args: client, method, path, version, status
-            return path not in PROBES
+            # uvicorn's args: client, method, path with query, version, status
+            return str(record.args[2]).split("?", 1)[0] not in PROBES
         return True
 
 

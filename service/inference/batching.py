@@ -65,9 +65,8 @@ class MicroBatcher:
     waits: int = 0  # waits tried, and those that brought rows (tests and debugging)
     waits_gained: int = 0
 
-    PROBE_EVERY: ClassVar[int] = (
-        32  # with a low hit rate, still try one wait in this many runs to notice load returning
-    )
+    # with a low hit rate, still try one wait in this many runs, to notice load returning
+    PROBE_EVERY: ClassVar[int] = 32
     MIN_HIT_RATE: ClassVar[float] = 0.2
 
     def should_wait(self) -> bool:

@@ -72,27 +72,15 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     return opts
 
 
-def cpu_layout_session(
-    session: ort.InferenceSession, path: Path, settings: Settings, providers: list[Any]
-) -> tuple[ort.InferenceSession, str]:
-    """The session to serve with and its CPU layout ("nchwc", "nchw", or "-" off the CPU provider).
+def disabled_optimizers(settings: Settings) -> list[str]:
+    """onnxruntime graph optimizers to leave out: NchwcTransformer with FACES_CPU_LAYOUT=nchw.
 
     onnxruntime's CPU provider rewrites convolutions to a blocked NCHWc layout (8 or 16 channels a block),
     10-40% faster for layers of 16 channels or more. For the 4-8 channel top layers of a small network,
     plain NCHW runs one image ~10% faster, but takes another kernel path for single rows, so those runs
     get padded to two (see probe_min_rows) and the gain turns into a loss at batch 1: hence not the
-    default (bench/serve_load.py times both)."""
-    if session.get_providers()[0] != "CPUExecutionProvider":
-        return session, "-"
-    if settings.cpu_layout == "nchwc":
-        return session, "nchwc"
-    plain = ort.InferenceSession(
-        str(path),
-        sess_options=session_options(settings),
-        providers=providers,
-        disabled_optimizers=["NchwcTransformer"],
-    )
-    return plain, "nchw"
+    default (bench/serve_load.py times both). The transformer touches only CPU-provider nodes."""
+    return ["NchwcTransformer"] if settings.cpu_layout == "nchw" else []
 
 
 PROBE_VALUES = 1_000_000  # output values a probe compares (one grey level flips in ~2e-5 of them)
@@ -109,9 +97,11 @@ def probe_min_rows(run: Callable[[np.ndarray], np.ndarray], z_dim: int, res: int
     run max_batch at a time, then 1, 2 and 3 at a time. Returns 1 when all agree, 2 when only single rows
     differ, else max_batch (every run then has the same shape). Graphs too small to reach a million values
     in PROBE_MAX_ROWS rows (16x16 and below) are not probed: 2, as padding them costs next to nothing."""
+    if max_batch < 2:
+        return 1  # every run is one row already
     rows = max(8, math.ceil(PROBE_VALUES / (3 * res * res)))
-    if rows > PROBE_MAX_ROWS or max_batch < 2:
-        return 2 if max_batch >= 2 else 1
+    if rows > PROBE_MAX_ROWS:
+        return 2
     z = np.random.default_rng(0).standard_normal((rows, z_dim), dtype=np.float32)
 
     def in_runs_of(k: int) -> np.ndarray:
@@ -142,7 +132,7 @@ class Graph:
     output_name: str
     z_dim: int
     min_rows: int  # runs are padded to this many rows: see Settings.min_run_batch
-    cpu_layout: str  # "nchwc" or "nchw" on the CPU provider (see choose_cpu_layout), else "-"
+    cpu_layout: str  # "nchwc" or "nchw" on the CPU provider (see disabled_optimizers), else "-"
 
     @property
     def provider(self) -> str:
@@ -207,7 +197,12 @@ def load_model(folder: Path, settings: Settings, providers: list[Any]) -> Model:
     for res, entry in sorted(manifest.resolutions.items()):
         path = folder / entry.file
         try:
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            session = ort.InferenceSession(
+                str(path),
+                sess_options=opts,
+                providers=providers,
+                disabled_optimizers=disabled_optimizers(settings),
+            )
         except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
             raise ModelLoadError(
                 f"{path}: onnxruntime cannot load it ({type(exc).__name__}: {exc})"
@@ -222,8 +217,9 @@ def load_model(folder: Path, settings: Settings, providers: list[Any]) -> Model:
                 f"{path}: expected input {manifest.input.name!r} float32 and output {manifest.output.name!r} uint8, "
                 f"the graph has inputs {inputs} and outputs {outputs}"
             )
+        on_cpu = session.get_providers()[0] == "CPUExecutionProvider"
+        layout = settings.cpu_layout if on_cpu else "-"
         try:
-            session, layout = cpu_layout_session(session, path, settings, providers)
             graph = Graph(
                 res,
                 path,
