@@ -1,4 +1,4 @@
-"""`python -m trainer {train,export,evaluate}`."""
+"""`python -m trainer {train,prepare-data,export,evaluate}`."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-res", type=int, default=None, help="final resolution, a power of two (default: 256; tiny: 16)"
     )
-    p.add_argument("--preset", default="fast", help="paper | fast | cpu | tiny (default: fast)")
+    p.add_argument("--preset", default="fast", help="paper | fast | gpu | cpu | tiny (default: fast)")
     p.add_argument(
         "--arch", choices=["progan", "dcgan"], default="progan", help="dcgan: the fixed-resolution baseline"
     )
@@ -52,6 +52,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-flips", action="store_true", help="turn off random horizontal flips")
     p.add_argument("--tick-kimg", type=float, help="stats, grid, plot and checkpoint interval")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        help="wall-clock budget: a fresh run plans every phase's kimg to fit it (from a throughput probe); "
+        "any run stops cleanly at the deadline with checkpoint, snapshot, grid and stats",
+    )
+    p.add_argument(
+        "--grow-fraction",
+        type=float,
+        default=0.4,
+        help="with --minutes: share of the time for the phases before the final stabilisation (default 0.4)",
+    )
+    p.add_argument("--checkpoint-minutes", type=float, help="wall-clock checkpoint interval (default 10)")
     p.add_argument("--cifar-class", help="CIFAR-10 data: keep one class (e.g. automobile or car)")
     p.add_argument(
         "--cache-dir", help="decoded-image cache (default: $PROGAN_CACHE/data or ~/.cache/progan/data)"
@@ -89,6 +102,7 @@ def resolve_configs(a: argparse.Namespace) -> tuple[NetConfig, TrainConfig]:
         ("amp", "amp", train_kw),
         ("tick_kimg", "tick_kimg", train_kw),
         ("max_steps", "max_steps", train_kw),
+        ("checkpoint_minutes", "checkpoint_minutes", train_kw),
     ]:
         if getattr(a, arg) is not None:
             target[key] = getattr(a, arg)
@@ -123,6 +137,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     from trainer.config import schedule  # noqa: F401  (validates start_res)
     from trainer.loop import describe_schedule, train
 
+    if a.minutes is not None and a.minutes <= 0:
+        raise ValueError(f"--minutes must be positive, got {a.minutes}")
     if a.resume is None and not a.data:
         raise ValueError("--data is required (or --resume a checkpoint)")
     net, cfg = resolve_configs(a)
@@ -150,6 +166,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         cifar_class=a.cifar_class,
         allow_upscale=a.allow_upscale,
         progress=not a.quiet,
+        minutes=a.minutes,
+        grow_fraction=a.grow_fraction,
     )
     state_word = "finished" if result.done else "stopped"
     print(
@@ -168,11 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     export.add_arguments(
         sub.add_parser("export", help="export per-resolution ONNX generators + manifest.json")
     )
-    from trainer import evaluate
+    from trainer import evaluate, prepare
 
+    prepare.add_arguments(
+        sub.add_parser("prepare-data", help="one zip of square WebP faces at one resolution, with an index")
+    )
     evaluate.add_arguments(sub.add_parser("evaluate", help="FID, KID, MS-SSIM diversity and face rate"))
     a = parser.parse_args(argv)
-    handlers: dict[str, Any] = {"train": cmd_train, "export": export.run, "evaluate": evaluate.run}
+    handlers: dict[str, Any] = {
+        "train": cmd_train,
+        "export": export.run,
+        "evaluate": evaluate.run,
+        "prepare-data": prepare.run,
+    }
     from trainer.checkpoint import CheckpointError
     from trainer.data import DataError
     from trainer.loop import TrainingError

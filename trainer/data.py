@@ -4,11 +4,14 @@ resolution (memory-mapped), and draw training batches from it without touching J
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
 import pickle
 import tempfile
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +37,8 @@ class Source:
     """Where the images come from and how to crop them."""
 
     path: Path
-    kind: str  # "folder" | "celeba" | "cifar10" | "array"
-    files: tuple[Path, ...]  # images, CIFAR batches or one array file
+    kind: str  # "folder" | "celeba" | "cifar10" | "array" | "zip"
+    files: tuple[Path, ...]  # images, CIFAR batches, or one array or zip file
     cifar_class: str | None = None
 
     @property
@@ -58,7 +61,13 @@ def find_source(path: str | Path, cifar_class: str | None = None) -> Source:
     if p.is_file():
         if p.suffix in (".npy", ".npz"):
             return Source(p, "array", (p,))
-        raise DataError(f"{p} is a file; give a folder of images, CIFAR-10 batches, or a .npy/.npz array")
+        if p.suffix == ".zip":
+            zip_members(p)  # raises DataError for a zip without images
+            return Source(p, "zip", (p,))
+        raise DataError(
+            f"{p} is a file; give a folder of images, a zip from prepare-data, CIFAR-10 batches, "
+            "or a .npy/.npz array"
+        )
     batches = sorted(p.glob("data_batch_*")) + sorted(p.glob("test_batch"))
     if batches:
         cls = CIFAR_ALIASES.get(cifar_class, cifar_class) if cifar_class else None
@@ -81,8 +90,37 @@ def find_source(path: str | Path, cifar_class: str | None = None) -> Source:
     return Source(p, kind, files)
 
 
+def zip_members(path: Path) -> list[str]:
+    """The image entries of a zip archive, sorted; DataError if it is not a zip or holds none."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in IMAGE_EXTS)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{path} is not a readable zip archive: {e}") from e
+    if not names:
+        raise DataError(f"{path} holds no images (.jpg, .png, .webp)")
+    return names
+
+
+def zip_index(path: Path) -> dict[str, object]:
+    """The archive's index.json (written by prepare-data), or {} for a plain zip of images."""
+    with zipfile.ZipFile(path) as zf:
+        if "index.json" not in zf.namelist():
+            return {}
+        return dict(json.loads(zf.read("index.json")))
+
+
+def _zip_images(path: Path) -> Iterator[tuple[str, Image.Image]]:
+    with zipfile.ZipFile(path) as zf:
+        for name in zip_members(path):
+            with zf.open(name) as fh, Image.open(fh) as im:
+                im.load()
+                yield name, im
+
+
 def crop_box(w: int, h: int, kind: str) -> tuple[int, int, int, int]:
-    """Centred square crop: CelebA's usual face crop, else the largest centred square."""
+    """Centred square crop: CelebA's usual face crop, else the largest centred square (for CelebA's
+    178x218 images that is the wide 178x178 crop)."""
     side = round(w * CELEBA_CROP) if kind == "celeba" else min(w, h)
     side = min(side, w, h)
     left, top = (w - side) // 2, (h - side) // 2
@@ -97,7 +135,10 @@ def honest_max_res(src: Source, probe: int = 64) -> int:
         arr = _load_array(src.files[0])
         return int(min(arr.shape[1], arr.shape[2]))
     sides = []
-    for f in src.files[:probe]:
+    if src.kind == "zip":
+        for _, im in itertools.islice(_zip_images(src.path), probe):
+            sides.append(min(im.size))
+    for f in src.files[:probe] if src.kind != "zip" else ():
         try:
             with Image.open(f) as im:
                 left, _, right, _ = crop_box(*im.size, src.kind)
@@ -162,6 +203,8 @@ def _decode(src: Source, res: int, progress: bool) -> tuple[np.ndarray, int]:
     if src.kind == "array":
         arr = _load_array(src.files[0])
         return (arr if arr.shape[1] == res == arr.shape[2] else _resize(arr, res)), 0
+    if src.kind == "zip":
+        return _decode_zip(src, res, progress), 0
     out = np.empty((len(src.files), res, res, 3), dtype=np.uint8)
     n, skipped = 0, 0
     for f in tqdm(
@@ -187,6 +230,22 @@ def _decode(src: Source, res: int, progress: bool) -> tuple[np.ndarray, int]:
     if n == 0:
         raise DataError(f"none of the {len(src.files)} files under {src.path} could be decoded")
     return out[:n], skipped
+
+
+def _decode_zip(src: Source, res: int, progress: bool) -> np.ndarray:
+    """A prepare-data archive holds square crops already: decode, resize only if its size differs."""
+    names = zip_members(src.path)
+    out = np.empty((len(names), res, res, 3), dtype=np.uint8)
+    for i, (name, im) in enumerate(
+        tqdm(_zip_images(src.path), total=len(names), desc=f"decoding {src.path.name}", disable=not progress)
+    ):
+        if im.size[0] != im.size[1]:
+            raise DataError(f"{src.path}: {name} is {im.size[0]}x{im.size[1]}; archive images must be square")
+        img = im.convert("RGB")
+        if img.size[0] != res:
+            img = img.resize((res, res), Image.Resampling.LANCZOS)
+        out[i] = np.asarray(img)
+    return out
 
 
 def default_cache_dir() -> Path:

@@ -81,18 +81,28 @@ def broadcast_params(module: nn.Module, d: Dist) -> None:
 
 @torch.no_grad()
 def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
-    for pe, p in zip(G_ema.parameters(), G.parameters(), strict=True):
-        pe.lerp_(p.detach(), 1.0 - beta)
+    """G_ema <- lerp(G_ema, G, 1 - beta), one foreach kernel per dtype instead of one per tensor."""
+    ema, cur = list(G_ema.parameters()), [p.detach() for p in G.parameters()]
+    torch._foreach_lerp_(ema, cur, 1.0 - beta)
     for be, b in zip(G_ema.buffers(), G.buffers(), strict=True):
         be.copy_(b)
 
 
 def make_optimizer(module: nn.Module, lr: float, cfg: TrainConfig, arch: str) -> torch.optim.Adam:
     betas = (0.5, 0.999) if arch == "dcgan" else cfg.betas
-    return torch.optim.Adam(module.parameters(), lr=lr, betas=betas, eps=cfg.adam_eps)
+    fused = next(module.parameters()).is_cuda  # one kernel for every parameter on CUDA
+    return torch.optim.Adam(module.parameters(), lr=lr, betas=betas, eps=cfg.adam_eps, fused=fused or None)
+
+
+def all_finite(*modules: nn.Module) -> bool:
+    """Whether every parameter of `modules` is finite (one device sync)."""
+    flags = [torch.isfinite(p).all() for m in modules for p in m.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def git_commit() -> str:
+    if os.environ.get("PROGAN_COMMIT"):  # machines that get a copy of the tree without .git
+        return os.environ["PROGAN_COMMIT"]
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(
@@ -111,21 +121,32 @@ def next_run_dir(out: Path, name: str) -> Path:
     return run
 
 
-def sample_reals(images: np.ndarray, n: int, gen: torch.Generator, flips: bool) -> Tensor:
-    """A random minibatch, uint8 [N, 3, R, R], with random horizontal flips."""
-    idx = torch.randint(len(images), (n,), generator=gen).numpy()
-    batch = torch.from_numpy(np.ascontiguousarray(images[np.sort(idx)])).permute(0, 3, 1, 2)  # [N, 3, R, R]
+def sample_reals(images: Tensor, n: int, gen: torch.Generator, flips: bool, channels_last: bool) -> Tensor:
+    """A random minibatch in [-1, 1], [N, 3, R, R], drawn and flipped where `images` ([M, R, R, 3] uint8)
+    lives, with `gen` on that device: no host copy, no sync."""
+    idx = torch.randint(len(images), (n,), generator=gen, device=images.device)
+    x = images[idx].permute(0, 3, 1, 2)  # [N, 3, R, R], channels-last in memory
     if flips:
-        flip = torch.rand(n, generator=gen) < 0.5
-        batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
-    return batch
+        flip = torch.rand(n, generator=gen, device=images.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    x = x.float() / 127.5 - 1.0
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def to_device(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
-    if device.type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
-    x = x.to(device=device, dtype=torch.float32) / 127.5 - 1.0
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+class DeviceImages:
+    """The training images of one resolution at a time as one uint8 tensor on the training device
+    (29k faces at 64 px are 360 MB, at 128 px 1.4 GB); moving to a new resolution frees the last one."""
+
+    def __init__(self, pyramid: dict[int, np.ndarray], device: torch.device) -> None:
+        self.pyramid, self.device = pyramid, device
+        self.res, self.images = -1, torch.empty(0)
+
+    def __getitem__(self, res: int) -> Tensor:
+        if res != self.res:
+            self.images = torch.empty(0)
+            self.images = torch.from_numpy(np.array(self.pyramid[res])).to(self.device)
+            self.res = res
+        return self.images  # [M, R, R, 3] uint8
 
 
 def fade_reals(x: Tensor, alpha: float) -> Tensor:
@@ -149,27 +170,36 @@ class StepContext:
     d: Dist
 
 
+def penalty_autocast(c: StepContext) -> Any:
+    """The gradient penalties run under bf16 autocast (fp32 range: no scaling needed; their norms are
+    taken in fp32); under fp16 they stay in fp32, where a double backward cannot overflow."""
+    return c.autocast if c.cfg.amp == "bf16" else nullcontext()
+
+
 def d_step(
     c: StepContext, reals: Tensor, res: int, alpha: float, opt: torch.optim.Optimizer
-) -> dict[str, float]:
+) -> dict[str, Tensor]:
+    """One critic step; returns detached device scalars (read once per tick, never per step)."""
     n = reals.shape[0]
-    z = torch.randn(n, c.net.z_dim, generator=c.gen).to(c.device)
+    z = torch.randn(n, c.net.z_dim, generator=c.gen, device=c.device)
     with c.autocast:
         fake = c.G(z, res, alpha).detach()
         real_score = c.D(reals, res, alpha)
         fake_score = c.D(fake, res, alpha)
-    stats: dict[str, float] = {}
+    stats: dict[str, Tensor] = {}
     if c.cfg.loss == "wgan-gp" and c.net.arch == "progan":
-        eps = torch.rand(n, generator=c.gen).to(c.device)
-        gp = losses.gradient_penalty(lambda x: c.D(x, res, alpha), reals, fake, eps, c.cfg.gp_target)
+        eps = torch.rand(n, generator=c.gen, device=c.device)
+        with penalty_autocast(c):
+            gp = losses.gradient_penalty(lambda x: c.D(x, res, alpha), reals, fake, eps, c.cfg.gp_target)
         loss = losses.wgan_d_loss(real_score, fake_score, gp, c.cfg.gp_lambda, c.cfg.drift)
-        stats["gp"] = gp.mean().item()
+        stats["gp"] = gp.detach().mean()
     else:
         loss = losses.logistic_d_loss(real_score, fake_score, c.cfg.label_smoothing)
         if c.net.arch == "progan" and c.cfg.r1_gamma > 0:
-            r1 = losses.r1_penalty(lambda x: c.D(x, res, alpha), reals)
+            with penalty_autocast(c):
+                r1 = losses.r1_penalty(lambda x: c.D(x, res, alpha), reals)
             loss = loss + 0.5 * c.cfg.r1_gamma * r1.mean()
-            stats["r1"] = r1.mean().item()
+            stats["r1"] = r1.detach().mean()
     opt.zero_grad(set_to_none=True)
     (c.scaler.scale(loss) if c.scaler else loss).backward()
     allreduce_grads(c.D, c.d)
@@ -178,15 +208,15 @@ def d_step(
     else:
         opt.step()
     stats.update(
-        loss_D=loss.item(),
-        score_real=real_score.float().mean().item(),
-        score_fake=fake_score.float().mean().item(),
+        loss_D=loss.detach(),
+        score_real=real_score.detach().float().mean(),
+        score_fake=fake_score.detach().float().mean(),
     )
     return stats
 
 
-def g_step(c: StepContext, n: int, res: int, alpha: float, opt: torch.optim.Optimizer) -> dict[str, float]:
-    z = torch.randn(n, c.net.z_dim, generator=c.gen).to(c.device)
+def g_step(c: StepContext, n: int, res: int, alpha: float, opt: torch.optim.Optimizer) -> dict[str, Tensor]:
+    z = torch.randn(n, c.net.z_dim, generator=c.gen, device=c.device)
     with c.autocast:
         fake_score = c.D(c.G(z, res, alpha), res, alpha)
     loss = (
@@ -202,7 +232,7 @@ def g_step(c: StepContext, n: int, res: int, alpha: float, opt: torch.optim.Opti
         c.scaler.update()
     else:
         opt.step()
-    return {"loss_G": loss.item()}
+    return {"loss_G": loss.detach()}
 
 
 # ---------------------------------------------------------------------------- the run
@@ -228,14 +258,21 @@ def resumed_configs(
     )
 
 
-def describe_schedule(net: NetConfig, cfg: TrainConfig) -> str:
+def describe_schedule(net: NetConfig, cfg: TrainConfig, rates: dict[int, float] | None = None) -> str:
+    """The schedule as a table; with measured `rates` (img/s per resolution) also the expected minutes."""
     phases = schedule(net, cfg)
-    lines = [f"{'phase':>5} {'res':>5} {'kind':>5} {'kimg':>8} {'from kimg':>10} {'batch':>6} {'lr':>8}"]
-    start = 0.0
+    head = f"{'phase':>5} {'res':>5} {'kind':>5} {'kimg':>8} {'from kimg':>10} {'batch':>6} {'lr':>8}"
+    lines = [head + (f" {'img/s':>8} {'minutes':>8}" if rates else "")]
+    start, seconds = 0.0, 0.0
     for i, p in enumerate(phases):
-        lines.append(f"{i:>5} {p.res:>5} {p.kind:>5} {p.kimg:>8.1f} {start:>10.1f} {p.batch:>6} {p.lr:>8.5f}")
+        line = f"{i:>5} {p.res:>5} {p.kind:>5} {p.kimg:>8.1f} {start:>10.1f} {p.batch:>6} {p.lr:>8.5f}"
+        if rates:
+            t = p.kimg * 1000 / rates[p.res]
+            seconds += t
+            line += f" {rates[p.res]:>8.0f} {t / 60:>8.2f}"
+        lines.append(line)
         start += p.kimg
-    lines.append(f"total {start:.1f} kimg")
+    lines.append(f"total {start:.1f} kimg" + (f", {seconds / 60:.1f} minutes of steps" if rates else ""))
     return "\n".join(lines)
 
 
@@ -251,7 +288,13 @@ def train(
     cifar_class: str | None = None,
     allow_upscale: bool = False,
     progress: bool = True,
+    minutes: float | None = None,
+    grow_fraction: float = 0.4,
 ) -> TrainResult:
+    """Train (or resume) a run. With `minutes`, the run stops cleanly at that wall-clock deadline, and a
+    fresh run first plans its schedule to fit it (trainer/budget.py)."""
+    started = time.monotonic()
+    deadline = started + minutes * 60 if minutes else None
     d = init_distributed()
     device = torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
     cuda = device.type == "cuda"
@@ -311,8 +354,8 @@ def train(
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     broadcast_params(G, d)
     broadcast_params(D, d)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + d.rank)
-    cur_nimg, steps, opt_res = 0, 0, -1
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + d.rank)  # reals, z, eps, flips
+    cur_nimg, steps, opt_phase = 0, 0, -1
     history: list[dict[str, Any]] = []
     opt_G = opt_D = None
     if state is not None:
@@ -321,12 +364,16 @@ def train(
             D.load_state_dict(state["D"])
             G_ema.load_state_dict(state["G_ema"])
             cur_nimg, steps = int(state["cur_nimg"]), int(state["steps"])
-            opt_res = int(state["opt_res"])
+            opt_phase = int(state.get("opt_phase", locate(phases, cur_nimg)[0]))
             lr = phases[locate(phases, cur_nimg)[0]].lr
             opt_G, opt_D = make_optimizer(G, lr, cfg, net.arch), make_optimizer(D, lr, cfg, net.arch)
-            opt_G.load_state_dict(state["opt_G"])
-            opt_D.load_state_dict(state["opt_D"])
-            gen.set_state(state["rng"]["gen"])
+            if state["opt_G"] and state["opt_D"]:  # a packed checkpoint has none: Adam starts fresh
+                opt_G.load_state_dict(state["opt_G"])
+                opt_D.load_state_dict(state["opt_D"])
+            try:
+                gen.set_state(state["rng"]["gen"])
+            except (RuntimeError, ValueError):  # saved on another device type (a GPU run resumed on CPU)
+                gen.manual_seed(cfg.seed * 1000 + d.rank + steps)
             torch.set_rng_state(state["rng"]["torch"])
             history = list(state.get("history", []))
         except (KeyError, RuntimeError, ValueError) as e:
@@ -340,6 +387,19 @@ def train(
     if cfg.compile:
         G_step, D_step = torch.compile(G), torch.compile(D)  # type: ignore[assignment]
     ctx = StepContext(G_step, D_step, net, cfg, device, autocast, scaler, gen, d)
+
+    # --- a time budget: plan a fresh run's schedule from a throughput probe on this machine
+    if deadline is not None and state is None and net.arch == "progan":
+        from trainer.budget import plan_to_fit, probe_throughput
+
+        rates = probe_throughput(ctx, phases, pyramid, channels_last)
+        cfg = plan_to_fit(net, cfg, rates, deadline - time.monotonic(), grow_fraction)
+        phases = schedule(net, cfg)
+        total_nimg = int(round(sum(p.kimg for p in phases) * 1000))
+        ctx = dataclasses.replace(ctx, cfg=cfg)
+        if d.main:
+            (run_dir / "plan.txt").write_text(describe_schedule(net, cfg, rates) + "\n")
+            print(describe_schedule(net, cfg, rates), flush=True)
 
     # --- fixed latents for the grids
     grid_n = min(cfg.grid_size**2, 64)
@@ -387,7 +447,7 @@ def train(
             "opt_D": opt_D.state_dict() if opt_D else {},
             "cur_nimg": cur_nimg,
             "steps": steps,
-            "opt_res": opt_res,
+            "opt_phase": opt_phase,
             "res": res,
             "kimg": cur_nimg / 1000,
             "rng": {"gen": gen.get_state(), "torch": torch.get_rng_state()},
@@ -443,25 +503,28 @@ def train(
         desc="training",
     )
     tick_start_nimg, tick_start_time = cur_nimg, time.time()
-    acc: dict[str, list[float]] = defaultdict(list)
+    last_checkpoint = time.monotonic()
+    acc: dict[str, list[Tensor]] = defaultdict(list)
+    reals_on_device = DeviceImages(pyramid, device)
     res, alpha = phases[locate(phases, cur_nimg)[0]].res, 1.0
     done = cur_nimg >= total_nimg
+    out_of_time = False
     while not done:
         idx, alpha = locate(phases, cur_nimg)
         phase: Phase = phases[idx]
         res = phase.res
-        if opt_res != res or opt_G is None or opt_D is None:  # a new resolution: fresh Adam state
+        if opt_phase != idx or opt_G is None or opt_D is None:
+            # fresh Adam state at the start of every fade and every stabilisation, as the official code
+            # does (reset_opt_for_new_lod: lod's floor or ceiling changes at both)
             opt_G = make_optimizer(G, phase.lr, cfg, net.arch)
             opt_D = make_optimizer(D, phase.lr, cfg, net.arch)
-            opt_res = res
+            opt_phase = idx
         for opt in (opt_G, opt_D):
             for group in opt.param_groups:
                 group["lr"] = phase.lr
         batch = max(phase.batch // d.world, 1)
 
-        reals = fade_reals(
-            to_device(sample_reals(pyramid[res], batch, gen, cfg.flips), device, channels_last), alpha
-        )
+        reals = fade_reals(sample_reals(reals_on_device[res], batch, gen, cfg.flips, channels_last), alpha)
         G.requires_grad_(False)
         D.requires_grad_(True)
         stats = d_step(ctx, reals, res, alpha, opt_D)
@@ -469,17 +532,6 @@ def train(
         D.requires_grad_(False)
         stats.update(g_step(ctx, batch, res, alpha, opt_G))
         update_ema(G_ema, G, cfg.ema_beta)
-        if not all(math.isfinite(v) for v in stats.values()):
-            bad = ", ".join(f"{k}={v}" for k, v in stats.items() if not math.isfinite(v))
-            kept = run_dir / "checkpoint.pt"
-            raise TrainingError(
-                f"non-finite loss at kimg {cur_nimg / 1000:.2f} ({res}x{res}, alpha {alpha:.3f}): {bad}. "
-                + (
-                    f"The last good checkpoint is {kept}; resume from it with a lower --lr."
-                    if kept.exists()
-                    else "No checkpoint was written yet; try a lower --lr."
-                )
-            )
         for k, v in stats.items():
             acc[k].append(v)
         cur_nimg += batch * d.world
@@ -487,14 +539,17 @@ def train(
         bar.update(batch * d.world)
 
         next_idx = locate(phases, cur_nimg)[0]
-        done = cur_nimg >= total_nimg or (cfg.max_steps is not None and steps >= cfg.max_steps)
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        done = cur_nimg >= total_nimg or (cfg.max_steps is not None and steps >= cfg.max_steps) or out_of_time
         phase_end = next_idx != idx or cur_nimg >= total_nimg
         tick = cur_nimg - tick_start_nimg >= cfg.tick_kimg * 1000 or phase_end or done
         if not tick:
             continue
 
-        # --- housekeeping
+        # --- housekeeping: the only place the loop waits for the device
         elapsed = time.time() - tick_start_time
+        means = {k: torch.stack(v).float().mean() for k, v in acc.items()}
+        flat = torch.stack(list(means.values())).cpu().tolist()
         row = {
             "kimg": cur_nimg / 1000,
             "res": res,
@@ -504,8 +559,23 @@ def train(
             "lr": phase.lr,
             "steps": steps,
             "img_s": (cur_nimg - tick_start_nimg) / max(elapsed, 1e-9),
-            **{k: float(np.mean(v)) for k, v in acc.items()},
+            **dict(zip(means, flat, strict=True)),
         }
+        finite_losses = all(math.isfinite(v) for v in flat)
+        if not finite_losses or not all_finite(G, D, G_ema):
+            bad = ", ".join(f"{k}={v}" for k, v in zip(means, flat, strict=True) if not math.isfinite(v))
+            what = "loss" if bad else "weights"
+            bad = bad or "inf or nan gradients with finite losses"
+            kept = run_dir / "checkpoint.pt"
+            raise TrainingError(
+                f"non-finite {what} between kimg {tick_start_nimg / 1000:.2f} and {cur_nimg / 1000:.2f} "
+                f"({res}x{res}, alpha {alpha:.3f}): {bad}. Nothing from this stretch was saved. "
+                + (
+                    f"The last good checkpoint is {kept}; resume from it with a lower --lr."
+                    if kept.exists()
+                    else "No checkpoint was written yet; try a lower --lr."
+                )
+            )
         acc.clear()
         tick_start_nimg, tick_start_time = cur_nimg, time.time()
         history.append(row)
@@ -521,12 +591,16 @@ def train(
                     if isinstance(val, int | float):
                         writer.add_scalar(f"train/{k}", val, cur_nimg)
                 writer.flush()
-            save_sample_grid(res, alpha, "end" if phase_end else "tick")
+            save_sample_grid(res, alpha, "end" if phase_end or done else "tick")
             plot_losses(history, run_dir / "losses.png")
-            save_checkpoint(res)
-            if phase_end and phase.kind == "stab":
+            if phase_end or done or time.monotonic() - last_checkpoint >= cfg.checkpoint_minutes * 60:
+                save_checkpoint(res)
+                last_checkpoint = time.monotonic()
+            if (phase_end and phase.kind == "stab") or out_of_time:
                 save_snapshot(res)
     bar.close()
+    if out_of_time and d.main:
+        print(f"time budget of {minutes:g} minutes reached: stopped cleanly at kimg {cur_nimg / 1000:.2f}")
     if writer is not None:
         writer.close()
     if d.world > 1:

@@ -1,0 +1,94 @@
+"""Carry a training checkpoint off a lent GPU machine and back into a run folder.
+
+A lease returns at most 8 files of 16 MiB. `pack` turns a run's checkpoint.pt into G, D and G_ema in
+float16 plus everything else a resume needs except the optimizer state (Adam restarts at every phase
+anyway), split into parts under 15 MiB with a sha256 over the whole. `unpack` joins the parts into a
+checkpoint.pt (float32 weights; fresh Adam state on resume) that `export`, `evaluate` and `train --resume`
+read like any other.
+
+    python scripts/gpu_checkpoint.py pack runs/00003-progan-gpu-64 $OUT
+    python scripts/gpu_checkpoint.py unpack $FILES/ckpt.part* --out runs/00003-progan-gpu-64
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+PART_BYTES = 15 * 2**20
+NETS = ("G", "D", "G_ema")
+
+
+def pack(run_dir: Path, out: Path) -> list[Path]:
+    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+    small = {k: v for k, v in state.items() if k not in ("opt_G", "opt_D", *NETS)}
+    for k in NETS:
+        small[k] = {n: t.half() if t.is_floating_point() else t for n, t in state[k].items()}
+    small["opt_G"], small["opt_D"] = {}, {}
+    small["opt_phase"] = -1  # fresh Adam on resume
+    buf = io.BytesIO()
+    torch.save(small, buf)
+    blob = buf.getvalue()
+    out.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for i in range(0, len(blob), PART_BYTES):
+        p = out / f"ckpt.part{i // PART_BYTES}"
+        p.write_bytes(blob[i : i + PART_BYTES])
+        parts.append(p)
+    (out / "ckpt.json").write_text(
+        json.dumps(
+            {
+                "sha256": hashlib.sha256(blob).hexdigest(),
+                "bytes": len(blob),
+                "parts": len(parts),
+                "kimg": state.get("kimg"),
+                "res": state.get("res"),
+            }
+        )
+    )
+    return parts
+
+
+def unpack(parts: list[Path], out_dir: Path) -> Path:
+    parts = sorted(parts, key=lambda p: int(p.name.rsplit("part", 1)[1]))
+    blob = b"".join(p.read_bytes() for p in parts)
+    meta_path = parts[0].parent / "ckpt.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        if hashlib.sha256(blob).hexdigest() != meta["sha256"] or len(parts) != meta["parts"]:
+            raise SystemExit(f"error: the parts do not match {meta_path} (missing or damaged part)")
+    state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    for k in NETS:
+        state[k] = {n: t.float() if t.is_floating_point() else t for n, t in state[k].items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "checkpoint.pt"
+    torch.save(state, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("pack")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("out", type=Path)
+    u = sub.add_parser("unpack")
+    u.add_argument("parts", type=Path, nargs="+")
+    u.add_argument("--out", type=Path, required=True, help="run folder to write checkpoint.pt into")
+    a = ap.parse_args(argv)
+    if a.cmd == "pack":
+        parts = pack(a.run_dir, a.out)
+        print(f"packed {a.run_dir / 'checkpoint.pt'} into {len(parts)} parts under {a.out}")
+    else:
+        print(f"wrote {unpack(a.parts, a.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

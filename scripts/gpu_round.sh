@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One training round on a lent GPU (docs/training-log.md says how rounds go). Trains with `--minutes` so
+# that training ends END_S seconds after this script started, then packs what comes back into $OUT, at
+# most 8 files: the checkpoint in parts (scripts/gpu_checkpoint.py), ckpt.json, stats.jsonl, round.json
+# (config, plan, device, exit status), the last sample grid and the loss plot.
+#
+#   OUT=... DATA=.gpu/faces-64.zip PRESET=gpu MAX_RES=64 END_S=540 bash scripts/gpu_round.sh [train args]
+#
+# If the first attempt fails early, a second runs in fp32 NCHW with whatever time is left.
+set -uo pipefail
+t0=$(date +%s)
+: "${OUT:?set OUT}" "${DATA:?set DATA to an archive from prepare-data}"
+PRESET=${PRESET:-gpu}
+MAX_RES=${MAX_RES:-64}
+END_S=${END_S:-540}
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg PROGAN_CACHE=${PROGAN_CACHE:-/tmp/progan}
+runs=${RUNS:-/tmp/runs}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,temperature.gpu --format=csv,noheader || true
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
+
+attempt() {
+    local left=$((END_S - ($(date +%s) - t0)))
+    local minutes
+    minutes=$($PY -c "print(round($left / 60, 2))")
+    echo "== train --minutes $minutes $*"
+    $PY -m trainer train --data "$DATA" --preset "$PRESET" --max-res "$MAX_RES" --out "$runs" --quiet \
+        --minutes "$minutes" --checkpoint-minutes 3 "$@"
+}
+
+attempt "$@"
+rc=$?
+if [ $rc -ne 0 ] && [ $(($(date +%s) - t0)) -lt $((END_S / 3)) ]; then
+    echo "== first attempt failed (rc $rc): again in fp32, NCHW"
+    attempt --amp off --no-channels-last "$@"
+    rc=$?
+fi
+
+run=$(ls -d "$runs"/*/ 2>/dev/null | tail -1)
+if [ -z "$run" ] || [ ! -f "$run/checkpoint.pt" ]; then
+    echo "no checkpoint to bring back (rc $rc)"
+    exit 1
+fi
+$PY scripts/gpu_checkpoint.py pack "$run" "$OUT"
+cp "$run/stats.jsonl" "$OUT/" 2>/dev/null
+cp "$(ls "$run"/grids/*.png | tail -1)" "$OUT/grid.png" 2>/dev/null
+cp "$run/losses.png" "$OUT/" 2>/dev/null
+$PY - "$run" "$OUT/round.json" "$rc" "$(($(date +%s) - t0))" <<'EOF'
+import json, sys
+from pathlib import Path
+run, out, rc, secs = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+plan = run / "plan.txt"
+json.dump({
+    "rc": rc, "seconds": secs, "run": run.name,
+    "config": json.loads((run / "config.json").read_text()),
+    "plan": plan.read_text() if plan.exists() else None,
+    "grids": sorted(p.name for p in (run / "grids").glob("end-*.png")),
+}, open(out, "w"), indent=1)
+EOF
+ls -la "$OUT"
+tail -3 "$run/stats.jsonl"
+echo "round done in $(($(date +%s) - t0)) s, rc $rc"
+exit $rc

@@ -1,0 +1,119 @@
+"""A time budget: measure this machine's training throughput per resolution, then plan every phase's kimg
+so that the whole schedule fits the minutes left.
+
+The plan: every phase but the last (the start resolution's stabilisation, then a fade and a stabilisation
+per larger resolution, then the final fade) shows the same number of images K, as in the paper's schedule;
+K is chosen so that these phases take `grow_fraction` of the time (default 0.4). The final resolution's
+stabilisation gets the rest, which is where image quality is made. A run stops at its deadline in any case,
+so a plan that was too hopeful only shortens that last phase."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from trainer.config import NetConfig, Phase, TrainConfig
+
+if TYPE_CHECKING:
+    from trainer.loop import StepContext
+
+PLAN_EFFICIENCY = 0.95  # the loop's housekeeping (grids, stats, checkpoints) takes a few percent
+FINAL_SAVE_S = 10.0  # kept free at the end for the last grid, checkpoint and snapshot
+
+
+class BudgetError(ValueError):
+    """The time budget cannot hold the schedule."""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def probe_throughput(
+    ctx: StepContext,
+    phases: list[Phase],
+    pyramid: dict[int, np.ndarray],
+    channels_last: bool,
+    warmup: int = 3,
+    steps: int = 8,
+) -> dict[int, float]:
+    """Images/s of full training steps at each resolution of `phases` (mid-fade where it fades), measured
+    on throw-away copies of G and D so that the run itself starts untouched."""
+    from trainer.loop import DeviceImages, d_step, fade_reals, g_step, make_optimizer, sample_reals
+
+    G, D = copy.deepcopy(ctx.G), copy.deepcopy(ctx.D)
+    probe_ctx = dataclasses.replace(
+        ctx, G=G, D=D, gen=torch.Generator(device=ctx.device).manual_seed(987654321)
+    )
+    images = DeviceImages(pyramid, ctx.device)
+    rates: dict[int, float] = {}
+    for p in phases:
+        if p.res in rates:
+            continue
+        alpha = 0.5 if p.kind == "fade" else 1.0
+        opt_G, opt_D = (make_optimizer(m, p.lr, ctx.cfg, ctx.net.arch) for m in (G, D))
+        batch = max(p.batch // ctx.d.world, 1)
+
+        def step(res: int = p.res, alpha: float = alpha, batch: int = batch) -> None:
+            reals = fade_reals(sample_reals(images[res], batch, probe_ctx.gen, True, channels_last), alpha)
+            G.requires_grad_(False)
+            D.requires_grad_(True)
+            d_step(probe_ctx, reals, res, alpha, opt_D)
+            G.requires_grad_(True)
+            D.requires_grad_(False)
+            g_step(probe_ctx, batch, res, alpha, opt_G)
+
+        for _ in range(warmup):
+            step()
+        _sync(ctx.device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(ctx.device)
+        rates[p.res] = batch * ctx.d.world * steps / (time.perf_counter() - t)
+    del G, D
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return rates
+
+
+def plan_to_fit(
+    net: NetConfig, cfg: TrainConfig, rates: dict[int, float], seconds: float, grow_fraction: float = 0.4
+) -> TrainConfig:
+    """The config whose schedule fits `seconds` at the measured `rates` (images/s per resolution)."""
+    from trainer.config import schedule
+
+    if not 0.0 < grow_fraction < 1.0:
+        raise BudgetError(f"--grow-fraction must be between 0 and 1, got {grow_fraction}")
+    usable = (seconds - FINAL_SAVE_S) * PLAN_EFFICIENCY
+    phases = schedule(net, dataclasses.replace(cfg, extra_kimg=0.0, last_kimg=None))
+    if usable <= 0:
+        raise BudgetError(f"--minutes leaves no time to train (only {seconds:.0f} s after set-up)")
+    if len(phases) == 1:  # start_res == max_res: one stabilisation takes it all
+        kimg = usable * rates[phases[0].res] / 1000
+        return dataclasses.replace(cfg, first_kimg=kimg, last_kimg=None, extra_kimg=0.0)
+    growing = phases[:-1]
+    s_per_kimg = sum(1000.0 / rates[p.res] for p in growing)  # seconds for 1 kimg in each growing phase
+    k = grow_fraction * usable / s_per_kimg
+    last = (1.0 - grow_fraction) * usable * rates[phases[-1].res] / 1000
+    need = 4 * max(p.batch for p in phases)  # a handful of steps per phase at the very least
+    if k * 1000 < need or last * 1000 < need:
+        raise BudgetError(
+            f"--minutes is too short for this schedule: each of its {len(growing)} growing phases would get "
+            f"{k * 1000:.0f} images (at least {need} are needed); give more minutes, a higher "
+            "--start-res or a lower --max-res"
+        )
+    return dataclasses.replace(
+        cfg,
+        first_kimg=round(k, 3),
+        fade_kimg=round(k, 3),
+        stab_kimg=round(k, 3),
+        last_kimg=round(last, 3),
+        extra_kimg=0.0,
+    )
