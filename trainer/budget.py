@@ -45,11 +45,13 @@ def probe_throughput(
 ) -> dict[int, float]:
     """Images/s of full training steps at each resolution of `phases` (mid-fade where it fades), measured
     on throw-away copies of G and D so that the run itself starts untouched."""
-    from trainer.loop import DeviceImages, d_step, fade_reals, g_step, make_optimizer, sample_reals
+    from trainer.loop import DeviceImages, fade_reals, make_optimizer, sample_reals, train_step
 
-    G, D = copy.deepcopy(ctx.G), copy.deepcopy(ctx.D)
-    probe_ctx = dataclasses.replace(
-        ctx, G=G, D=D, gen=torch.Generator(device=ctx.device).manual_seed(987654321)
+    probe = dataclasses.replace(
+        ctx,
+        G=copy.deepcopy(ctx.G),
+        D=copy.deepcopy(ctx.D),
+        gen=torch.Generator(device=ctx.device).manual_seed(987654321),
     )
     images = DeviceImages(pyramid, ctx.device)
     rates: dict[int, float] = {}
@@ -57,27 +59,17 @@ def probe_throughput(
         if p.res in rates:
             continue
         alpha = 0.5 if p.kind == "fade" else 1.0
-        opt_G, opt_D = (make_optimizer(m, p.lr, ctx.cfg, ctx.net.arch) for m in (G, D))
+        opt_G, opt_D = (make_optimizer(m, p.lr, ctx.cfg, ctx.net.arch) for m in (probe.G, probe.D))
         batch = max(p.batch // ctx.d.world, 1)
-
-        def step(res: int = p.res, alpha: float = alpha, batch: int = batch) -> None:
-            reals = fade_reals(sample_reals(images[res], batch, probe_ctx.gen, True, channels_last), alpha)
-            G.requires_grad_(False)
-            D.requires_grad_(True)
-            d_step(probe_ctx, reals, res, alpha, opt_D)
-            G.requires_grad_(True)
-            D.requires_grad_(False)
-            g_step(probe_ctx, batch, res, alpha, opt_G)
-
-        for _ in range(warmup):
-            step()
-        _sync(ctx.device)
-        t = time.perf_counter()
-        for _ in range(steps):
-            step()
+        for i in range(warmup + steps):
+            if i == warmup:
+                _sync(ctx.device)
+                t = time.perf_counter()
+            reals = fade_reals(sample_reals(images[p.res], batch, probe.gen, True, channels_last), alpha)
+            train_step(probe, reals, p.res, alpha, opt_G, opt_D)
         _sync(ctx.device)
         rates[p.res] = batch * ctx.d.world * steps / (time.perf_counter() - t)
-    del G, D
+    del probe, images
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
     return rates

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ from trainer.config import NetConfig
 from trainer.networks import build_generator
 
 FORMAT_VERSION = 1
+MODEL_CHECKPOINT = "checkpoint.safetensors"  # in a model folder: what `train --resume models/NAME` reads
+MODEL_CHECKPOINT_FORMAT = "progan-faces/checkpoint-v1"
+NETS = ("G", "D", "G_ema")
 
 
 class CheckpointError(RuntimeError):
@@ -38,11 +42,102 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+def save_model_checkpoint(state: dict[str, Any], path: Path) -> int:
+    """G, D and G_ema in float16 with the configs and the schedule position as metadata, no optimizer
+    state: what a model folder needs to be trained further. Returns the file's size in bytes."""
+    from safetensors.torch import save_file
+
+    missing = [k for k in NETS if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{state.get('path', 'the checkpoint')} has no {', '.join(missing)} (a G_ema snapshot?): "
+            "export from the run folder's checkpoint.pt to make a model that can be trained further"
+        )
+    tensors = {
+        f"{k}.{n}": (
+            t.detach().to("cpu", torch.float16) if t.is_floating_point() else t.detach().cpu()
+        ).contiguous()
+        for k in NETS
+        for n, t in state[k].items()
+    }
+    meta = {
+        "format": MODEL_CHECKPOINT_FORMAT,
+        "net_cfg": json.dumps(state["net_cfg"]),
+        "train_cfg": json.dumps(state.get("train_cfg", {})),
+        "res": str(int(state.get("res", state["net_cfg"]["max_res"]))),
+        "kimg": str(float(state.get("kimg", 0.0))),
+        "cur_nimg": str(int(state.get("cur_nimg", 0))),
+        "steps": str(int(state.get("steps", 0))),
+        "data": str(state.get("data", "")),
+        "data_index": json.dumps(state.get("data_index") or {}),
+        "num_images": str(state.get("num_images", "")),
+        "commit": str(state.get("commit", "unknown")),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def _load_model_checkpoint(p: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            if meta.get("format") != MODEL_CHECKPOINT_FORMAT:
+                raise CheckpointError(
+                    f"{p} is not a model checkpoint of this trainer ({MODEL_CHECKPOINT_FORMAT})"
+                )
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{p} is damaged or not a safetensors file: {e}") from e
+    state: dict[str, Any] = {k: {} for k in NETS}
+    for key, t in tensors.items():
+        net, name = key.split(".", 1)
+        state[net][name] = t.float() if t.is_floating_point() else t
+    state.update(
+        format=FORMAT_VERSION,
+        model_checkpoint=True,  # a model to continue or grow in a new run, with fresh Adam state
+        net_cfg=json.loads(meta["net_cfg"]),
+        train_cfg=json.loads(meta.get("train_cfg", "{}")),
+        res=int(meta["res"]),
+        kimg=float(meta.get("kimg", 0.0)),
+        cur_nimg=int(meta.get("cur_nimg", 0)),
+        steps=int(meta.get("steps", 0)),
+        data=meta.get("data", ""),
+        data_index=json.loads(meta.get("data_index", "{}")),
+        commit=meta.get("commit", "unknown"),
+        opt_G={},
+        opt_D={},
+        history=[],
+    )
+    return state
+
+
 def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint or snapshot written by this trainer; CheckpointError with a clear message if not."""
+    """Read a checkpoint or snapshot written by this trainer, or a model folder's checkpoint.safetensors;
+    CheckpointError with a clear message if not."""
     p = Path(path)
     if p.is_dir():
-        p = p / "checkpoint.pt"
+        if not (p / "checkpoint.pt").exists() and (p / "manifest.json").exists():
+            if not (p / MODEL_CHECKPOINT).exists():
+                raise CheckpointError(
+                    f"model folder {p} has no {MODEL_CHECKPOINT}, so it cannot be trained further; "
+                    "export it again from its run folder (export writes the checkpoint)"
+                )
+            p = p / MODEL_CHECKPOINT
+        else:
+            p = p / "checkpoint.pt"
+    if p.suffix == ".safetensors":
+        if not p.exists():
+            raise CheckpointError(f"checkpoint {p} does not exist")
+        state = _load_model_checkpoint(p)
+        state["path"] = str(p)
+        return state
     if not p.exists():
         raise CheckpointError(f"checkpoint {p} does not exist")
     try:

@@ -47,7 +47,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema-beta", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--amp", choices=["bf16", "fp16", "off"], help="CUDA mixed precision (default bf16)")
-    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last memory format on CUDA (default on; --no-channels-last for NCHW)",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile G and D")
     p.add_argument("--no-flips", action="store_true", help="turn off random horizontal flips")
     p.add_argument("--tick-kimg", type=float, help="stats, grid, plot and checkpoint interval")
@@ -112,8 +117,8 @@ def resolve_configs(a: argparse.Namespace) -> tuple[NetConfig, TrainConfig]:
         train_kw.update(batch_by_res={}, default_batch=a.batch)
     if a.lr is not None:
         train_kw.update(lr_by_res={}, default_lr=a.lr, dcgan_lr=a.lr)
-    if a.no_channels_last:
-        train_kw["channels_last"] = False
+    if a.channels_last is not None:
+        train_kw["channels_last"] = a.channels_last
     if a.no_flips:
         train_kw["flips"] = False
     if a.compile:
@@ -133,6 +138,18 @@ def resolve_configs(a: argparse.Namespace) -> tuple[NetConfig, TrainConfig]:
     return NetConfig(**net_kw), TrainConfig(**train_kw)
 
 
+def runtime_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    """Settings that change speed or bookkeeping but not the maths: a resumed run takes them from the
+    command line when given (everything else comes from the checkpoint)."""
+    out: dict[str, Any] = {}
+    for arg in ("amp", "tick_kimg", "checkpoint_minutes", "channels_last"):
+        if getattr(a, arg) is not None:
+            out[arg] = getattr(a, arg)
+    if a.compile:
+        out["compile"] = True
+    return out
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from trainer.config import schedule  # noqa: F401  (validates start_res)
     from trainer.loop import describe_schedule, train
@@ -142,13 +159,19 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.resume is None and not a.data:
         raise ValueError("--data is required (or --resume a checkpoint)")
     net, cfg = resolve_configs(a)
+    overrides = runtime_overrides(a)
     if a.resume is not None:
         from trainer.checkpoint import load_state
-        from trainer.loop import resumed_configs
+        from trainer.loop import grown_configs, resumed_configs
 
         state = load_state(a.resume)
-        net, cfg = resumed_configs(state, cfg.max_steps, a.extend_kimg or 0.0)
-        a.data = a.data or state["data"]
+        if state.get("model_checkpoint"):  # a model folder: continue or grow it in a new run
+            if not a.data:
+                raise ValueError(f"--data is required to train {a.resume} further (the faces to train on)")
+            net, cfg = grown_configs(state, net, cfg)
+        else:
+            net, cfg = resumed_configs(state, cfg.max_steps, a.extend_kimg or 0.0, overrides)
+            a.data = a.data or state["data"]
     elif a.extend_kimg is not None:
         raise ValueError("--extend-kimg lengthens a resumed run; add --resume RUN")
     if a.dry_run:
@@ -168,6 +191,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         progress=not a.quiet,
         minutes=a.minutes,
         grow_fraction=a.grow_fraction,
+        overrides=overrides,
     )
     state_word = "finished" if result.done else "stopped"
     print(

@@ -22,7 +22,13 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
-from trainer.checkpoint import CheckpointError, LoadedGenerator, load_generator
+from trainer.checkpoint import (
+    MODEL_CHECKPOINT,
+    CheckpointError,
+    LoadedGenerator,
+    load_generator,
+    save_model_checkpoint,
+)
 from trainer.config import TrainConfig, locate, schedule
 from trainer.manifest import SCHEMA_VERSION, validate_manifest
 from trainer.networks import EqualizedConv2d, EqualizedLinear, Generator, PixelNorm, res_key
@@ -259,16 +265,21 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def dataset_label(data: str | None) -> str:
+def dataset_label(data: str | None, index: dict[str, Any] | None = None) -> str:
     """The data set's folder and its parent ("celeba/img_align_celeba"): the training machine's absolute
-    path means nothing to the people who read a manifest."""
+    path means nothing to the people who read a manifest. A prepare-data archive names its sources."""
+    if index:
+        srcs = " + ".join(str(s.get("path", "?")) for s in index.get("sources", []))
+        return f"{srcs}, {index.get('crop', '?')} crop, {index.get('resolution', '?')}px {index.get('format', '')}".strip()
     if not data:
         return "unknown"
     parts = Path(str(data)).parts
     return "/".join(parts[-2:]) if len(parts) >= 2 else str(data)
 
 
-def dataset_licence(data: str) -> str:
+def dataset_licence(data: str, index: dict[str, Any] | None = None) -> str:
+    if index and index.get("licence"):
+        return str(index["licence"])
     if "celeba" in data.lower():
         return "CelebA (Liu et al., ICCV 2015): non-commercial research purposes only"
     if "cifar" in data.lower():
@@ -308,7 +319,10 @@ def export_model(
     force: bool = False,
     metrics: list[dict[str, Any]] | None = None,
     consistency_method: str = "refit",
+    with_checkpoint: bool = True,
 ) -> ExportResult:
+    """ONNX graphs, shared fp16 weights and manifest.json; with `with_checkpoint` (and a full checkpoint as
+    the source) also checkpoint.safetensors, so that the model can be trained further."""
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
@@ -401,8 +415,9 @@ def export_model(
             "consistency": report,
             "provenance": {
                 "architecture": lg.arch,
-                "dataset": f"{dataset_label(st.get('data'))} ({st.get('num_images', '?')} images)",
-                "license": dataset_licence(str(st.get("data", ""))),
+                "dataset": f"{dataset_label(st.get('data'), st.get('data_index'))} "
+                f"({st.get('num_images', '?')} images)",
+                "license": dataset_licence(str(st.get("data", "")), st.get("data_index")),
                 "kimg": round(float(st.get("kimg", 0.0)), 3),
                 "preset": st.get("train_cfg", {}).get("preset", "unknown"),
                 "commit": st.get("commit", "unknown"),
@@ -415,10 +430,13 @@ def export_model(
         }
         manifest["total_bytes"] = weights["bytes"] + sum(f["bytes"] for f in files.values())
         validate_manifest(manifest)
+        if all(k in st for k in ("G", "D", "G_ema")) and with_checkpoint:
+            save_model_checkpoint(st, tmp / MODEL_CHECKPOINT)  # for `train --resume models/NAME`
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists():  # --force: swap in, then drop the old one
             for f in out.iterdir():  # a model card, notes, evaluate's reports: not ours to lose
-                if f.is_file() and f.suffix != ".onnx" and not (tmp / f.name).exists():
+                keep = f.suffix != ".onnx" and f.name != MODEL_CHECKPOINT  # never a stale checkpoint
+                if f.is_file() and keep and not (tmp / f.name).exists():
                     shutil.copy2(f, tmp / f.name)
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -442,6 +460,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolutions", help="comma list, e.g. 64,128,256 (default: every trained resolution)")
     p.add_argument("--name", help="model name (default: the folder's name)")
     p.add_argument("--force", action="store_true", help="replace an existing model folder")
+    p.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help=f"leave out {MODEL_CHECKPOINT} (G, D, G_ema in fp16: what `train --resume models/NAME` needs)",
+    )
     p.add_argument("--metrics", nargs="*", default=[], help="metrics_RES.json files from `evaluate` to embed")
     p.add_argument(
         "--consistency",
@@ -474,6 +497,7 @@ def run(a: argparse.Namespace) -> int:
             force=a.force,
             metrics=metrics,
             consistency_method=a.consistency,
+            with_checkpoint=not a.no_checkpoint,
         )
     except CheckpointError:
         raise

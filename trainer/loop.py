@@ -24,8 +24,8 @@ from tqdm import tqdm
 from trainer import losses
 from trainer.checkpoint import FORMAT_VERSION, CheckpointError, atomic_torch_save, load_state, net_config
 from trainer.config import NetConfig, Phase, TrainConfig, locate, schedule
-from trainer.data import load_images, load_pyramid
-from trainer.networks import build_networks, downsample2x, upsample2x
+from trainer.data import load_images, load_pyramid, zip_index
+from trainer.networks import build_networks, downsample2x, res_key, upsample2x
 from trainer.viz import plot_losses, save_grid, to_uint8
 
 
@@ -154,6 +154,21 @@ def fade_reals(x: Tensor, alpha: float) -> Tensor:
     return torch.lerp(upsample2x(downsample2x(x)), x, alpha) if alpha < 1.0 else x
 
 
+def load_grown(G: nn.Module, D: nn.Module, G_ema: nn.Module, state: dict[str, Any], net: NetConfig) -> None:
+    """A model checkpoint's weights into (possibly larger) networks: only the layers of resolutions above
+    the model's may be missing, and they keep their fresh initialisation."""
+    res = int(state["res"])
+    new = {res_key(r) for r in net.resolutions if r > res}
+    for name, module in (("G", G), ("D", D), ("G_ema", G_ema)):
+        missing, unexpected = module.load_state_dict(state[name], strict=False)
+        wrong = [k for k in missing if not any(f".{b}." in f".{k}" for b in new)]
+        if unexpected or wrong:
+            raise CheckpointError(
+                f"{state['path']}: the {name} weights do not fit this network "
+                f"(missing {wrong[:3]}, unexpected {unexpected[:3]})"
+            )
+
+
 # ---------------------------------------------------------------------------- the step
 
 
@@ -235,6 +250,24 @@ def g_step(c: StepContext, n: int, res: int, alpha: float, opt: torch.optim.Opti
     return {"loss_G": loss.detach()}
 
 
+def train_step(
+    c: StepContext,
+    reals: Tensor,
+    res: int,
+    alpha: float,
+    opt_G: torch.optim.Optimizer,
+    opt_D: torch.optim.Optimizer,
+) -> dict[str, Tensor]:
+    """One D step then one G step on a minibatch of `reals` ([N, 3, R, R] in [-1, 1])."""
+    c.G.requires_grad_(False)
+    c.D.requires_grad_(True)
+    stats = d_step(c, reals, res, alpha, opt_D)
+    c.G.requires_grad_(True)
+    c.D.requires_grad_(False)
+    stats.update(g_step(c, reals.shape[0], res, alpha, opt_G))
+    return stats
+
+
 # ---------------------------------------------------------------------------- the run
 
 
@@ -249,13 +282,27 @@ class TrainResult:
 
 
 def resumed_configs(
-    state: dict[str, Any], max_steps: int | None, extend_kimg: float
+    state: dict[str, Any],
+    max_steps: int | None,
+    extend_kimg: float,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[NetConfig, TrainConfig]:
-    """A checkpoint's own configs win on resume; only the step limit and an extension may change."""
+    """A checkpoint's own configs win on resume; only the step limit, an extension and the run-time
+    settings in `overrides` (amp, channels_last, compile, tick_kimg, checkpoint_minutes) may change."""
     extra = state["train_cfg"].get("extra_kimg", 0.0) + extend_kimg
     return net_config(state), TrainConfig.from_json(
-        {**state["train_cfg"], "max_steps": max_steps, "extra_kimg": extra}
+        {**state["train_cfg"], **(overrides or {}), "max_steps": max_steps, "extra_kimg": extra}
     )
+
+
+def grown_configs(state: dict[str, Any], net: NetConfig, cfg: TrainConfig) -> tuple[NetConfig, TrainConfig]:
+    """Continuing a model folder: its network (grown to `net.max_res`), the given schedule from the
+    model's resolution on."""
+    have = net_config(state)
+    res = int(state["res"])
+    if net.max_res < res:
+        raise ValueError(f"--max-res {net.max_res} is below the model's {res}x{res}; it can only grow")
+    return dataclasses.replace(have, max_res=net.max_res), dataclasses.replace(cfg, start_res=res)
 
 
 def describe_schedule(net: NetConfig, cfg: TrainConfig, rates: dict[int, float] | None = None) -> str:
@@ -290,6 +337,7 @@ def train(
     progress: bool = True,
     minutes: float | None = None,
     grow_fraction: float = 0.4,
+    overrides: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train (or resume) a run. With `minutes`, the run stops cleanly at that wall-clock deadline, and a
     fresh run first plans its schedule to fit it (trainer/budget.py)."""
@@ -309,7 +357,11 @@ def train(
     state = None
     if resume is not None:
         state = load_state(resume)
-        net, cfg = resumed_configs(state, cfg.max_steps, extend_kimg)
+        if state.get("model_checkpoint"):
+            net, cfg = grown_configs(state, net, cfg)
+        else:
+            net, cfg = resumed_configs(state, cfg.max_steps, extend_kimg, overrides)
+    continuing = state is not None and not state.get("model_checkpoint")  # same run folder, same schedule
     phases = schedule(net, cfg)
     total_nimg = int(round(sum(p.kimg for p in phases) * 1000))
 
@@ -331,8 +383,11 @@ def train(
         )
     num_images = len(pyramid[net.max_res])
 
+    data_index = zip_index(Path(data)) if str(data).endswith(".zip") else {}
+
     # --- run folder
-    if state is not None:
+    if continuing:
+        assert state is not None
         run_dir = Path(state["path"]).parent
     elif d.main:
         run_dir = next_run_dir(Path(out), f"{net.arch}-{cfg.preset}-{net.max_res}")
@@ -358,7 +413,9 @@ def train(
     cur_nimg, steps, opt_phase = 0, 0, -1
     history: list[dict[str, Any]] = []
     opt_G = opt_D = None
-    if state is not None:
+    if state is not None and not continuing:
+        load_grown(G, D, G_ema, state, net)
+    elif state is not None:
         try:
             G.load_state_dict(state["G"])
             D.load_state_dict(state["D"])
@@ -389,7 +446,7 @@ def train(
     ctx = StepContext(G_step, D_step, net, cfg, device, autocast, scaler, gen, d)
 
     # --- a time budget: plan a fresh run's schedule from a throughput probe on this machine
-    if deadline is not None and state is None and net.arch == "progan":
+    if deadline is not None and not continuing and net.arch == "progan":
         from trainer.budget import plan_to_fit, probe_throughput
 
         rates = probe_throughput(ctx, phases, pyramid, channels_last)
@@ -422,11 +479,13 @@ def train(
                     "device": str(device),
                     "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
                     "world_size": d.world,
+                    "data_index": data_index,
+                    "resumed_from": None if state is None else state["path"],
                 },
                 indent=2,
             )
         )
-        if state is None:
+        if not continuing:
             save_grid(np.asarray(pyramid[net.max_res][:grid_n]), run_dir / "reals.png", cols=cfg.grid_size)
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -453,6 +512,7 @@ def train(
             "rng": {"gen": gen.get_state(), "torch": torch.get_rng_state()},
             "history": history,
             "data": str(data),
+            "data_index": data_index,
             "num_images": num_images,
             "commit": git_commit(),
         }
@@ -525,12 +585,7 @@ def train(
         batch = max(phase.batch // d.world, 1)
 
         reals = fade_reals(sample_reals(reals_on_device[res], batch, gen, cfg.flips, channels_last), alpha)
-        G.requires_grad_(False)
-        D.requires_grad_(True)
-        stats = d_step(ctx, reals, res, alpha, opt_D)
-        G.requires_grad_(True)
-        D.requires_grad_(False)
-        stats.update(g_step(ctx, batch, res, alpha, opt_G))
+        stats = train_step(ctx, reals, res, alpha, opt_G, opt_D)
         update_ema(G_ema, G, cfg.ema_beta)
         for k, v in stats.items():
             acc[k].append(v)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jsonschema
-
 SCHEMA_VERSION = 1
 
 _file: dict[str, Any] = {
@@ -94,6 +92,8 @@ class ManifestError(ValueError):
 
 
 def validate_manifest(manifest: dict[str, Any]) -> None:
+    import jsonschema  # here, not at import: training machines need only torch (`train` never validates)
+
     try:
         jsonschema.validate(manifest, SCHEMA)
     except jsonschema.ValidationError as e:

@@ -152,7 +152,7 @@ class Generator(nn.Module):
         img = self.to_rgb[res_key(res)](x)
         if prev is not None and alpha < 1.0:
             old = upsample2x(self.to_rgb[res_key(res // 2)](prev))
-            img = torch.lerp(old, img, alpha)
+            img = torch.lerp(old, img.to(old.dtype), alpha)
         return img
 
 
@@ -211,7 +211,7 @@ class Discriminator(nn.Module):
             x = self.blocks[res_key(res)](x)
             if alpha < 1.0:
                 old = lrelu(self.from_rgb[res_key(res // 2)](downsample2x(img)))
-                x = torch.lerp(old, x, alpha)
+                x = torch.lerp(old, x.to(old.dtype), alpha)
             r = res // 2
             while r > 4:
                 x = self.blocks[res_key(r)](x)

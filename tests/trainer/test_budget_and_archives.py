@@ -1,0 +1,208 @@
+"""GPU-lease features on CPU: prepare-data archives, the --minutes planner and deadline, model checkpoints
+that grow, the packed checkpoint that a lease brings back, and bf16 autocast through a fade."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import REPO
+from trainer.budget import BudgetError, plan_to_fit
+from trainer.checkpoint import MODEL_CHECKPOINT, load_state
+from trainer.cli import main
+from trainer.config import NetConfig, TrainConfig, preset, schedule
+from trainer.data import DataError, find_source, load_images
+from trainer.networks import build_networks
+
+# ---------------------------------------------------------------------------- archives
+
+
+@pytest.fixture(scope="module")
+def faces_zip(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("zip") / "faces-32.zip"
+    rc = main(
+        ["prepare-data", str(faces_dir), "--res", "32", "--out", str(out), "--crop", "celeba", "--quiet"]
+    )
+    assert rc == 0
+    return out
+
+
+def test_archive_holds_the_folder_faces(faces_zip: Path, faces_dir: Path, tmp_path: Path) -> None:
+    index = json.loads(zipfile.ZipFile(faces_zip).read("index.json"))
+    assert index["count"] == 512 and index["resolution"] == 32 and index["crop"] == "celeba"
+    assert "non-commercial" in index["licence"] and not index["upscaled"]
+    assert find_source(faces_zip).kind == "zip"
+    from_zip = load_images(faces_zip, 32, cache_dir=tmp_path, progress=False).astype(np.int16)
+    from_folder = load_images(faces_dir, 32, cache_dir=tmp_path, progress=False).astype(np.int16)
+    assert from_zip.shape == from_folder.shape == (512, 32, 32, 3)
+    # the same faces in the same order and crop: WebP's 4:2:0 chroma (~3.5 grey levels at 32 px) and the
+    # folder's reduced-scale JPEG decode tell them apart, a different face is much further away
+    diff = np.abs(from_zip - from_folder).mean(axis=(1, 2, 3))
+    assert diff.max() < 16.0 and diff.mean() < 9.0
+    shuffled = np.abs(from_zip - from_folder[::-1]).mean(axis=(1, 2, 3))
+    assert (shuffled > 2 * diff).mean() > 0.95
+
+
+def test_bad_archives_get_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.zip"
+    with zipfile.ZipFile(empty, "w") as zf:
+        zf.writestr("readme.txt", "no faces here")
+    with pytest.raises(DataError, match="holds no images"):
+        find_source(empty)
+    assert main(["train", "--data", str(empty), "--preset", "tiny", "--quiet"]) == 2
+    assert "holds no images" in capsys.readouterr().err
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK not really")
+    with pytest.raises(DataError, match="not a readable zip"):
+        find_source(broken)
+    from PIL import Image
+
+    wide = tmp_path / "wide.zip"
+    img = tmp_path / "w.png"
+    Image.new("RGB", (40, 20)).save(img)
+    with zipfile.ZipFile(wide, "w") as zf:
+        zf.write(img, "img/0.png")
+    with pytest.raises(DataError, match="must be square"):
+        load_images(wide, 16, cache_dir=tmp_path / "c", progress=False)
+
+
+def test_prepare_data_bad_input(faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prepare-data", str(faces_dir), "--res", "32", "--out", str(tmp_path / "x.tar")]) == 2
+    assert "must end in .zip" in capsys.readouterr().err
+    assert (
+        main(["prepare-data", str(tmp_path / "nowhere"), "--res", "32", "--out", str(tmp_path / "x.zip")])
+        == 2
+    )
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x.zip").exists()
+
+
+# ---------------------------------------------------------------------------- the planner
+
+
+def test_plan_fits_the_budget_and_gives_the_rest_to_the_last_phase() -> None:
+    net_kw, train_kw = preset("gpu")
+    net, cfg = NetConfig(max_res=64, **net_kw), TrainConfig(**train_kw)
+    rates = {4: 5000.0, 8: 4000.0, 16: 2500.0, 32: 1500.0, 64: 600.0}
+    planned = plan_to_fit(net, cfg, rates, seconds=500.0, grow_fraction=0.4)
+    phases = schedule(net, planned)
+    seconds = [p.kimg * 1000 / rates[p.res] for p in phases]
+    usable = (500.0 - 10.0) * 0.95
+    assert sum(seconds) == pytest.approx(usable, rel=1e-3)
+    assert seconds[-1] == pytest.approx(0.6 * usable, rel=1e-3)
+    assert len({round(p.kimg, 3) for p in phases[:-1]}) == 1  # equal kimg for every growing phase
+    with pytest.raises(BudgetError, match="too short"):
+        plan_to_fit(net, cfg, rates, seconds=12.0)
+    with pytest.raises(BudgetError, match="grow-fraction"):
+        plan_to_fit(net, cfg, rates, seconds=500.0, grow_fraction=1.5)
+
+
+def test_minutes_run_plans_and_stops_at_its_deadline(
+    faces_zip: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    args = ["train", "--data", str(faces_zip), "--preset", "tiny", "--max-res", "16", "--quiet"]
+    assert main([*args, "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--minutes", "0.75"]) == 0
+    (run,) = tmp_path.iterdir()
+    plan = (run / "plan.txt").read_text()
+    assert "img/s" in plan and "minutes" in plan
+    state = load_state(run)
+    assert state["res"] == 16 and (run / "G_ema-0016.pt").exists()
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data_index"]["resolution"] == 32 and cfg["train"]["last_kimg"] > cfg["train"]["fade_kimg"]
+    # a deadline cuts a resumed run short, cleanly
+    assert main(["train", "--quiet", "--resume", str(run), "--extend-kimg", "1000", "--minutes", "0.1"]) == 0
+    after = load_state(run)
+    assert after["cur_nimg"] > state["cur_nimg"] and (run / "G_ema-0016.pt").exists()
+    assert main([*args, "--out", str(tmp_path), "--minutes", "-1"]) == 2
+
+
+# ---------------------------------------------------------------------------- models that train further
+
+
+def test_export_writes_a_checkpoint_that_grows(
+    tiny_model_dir: Path, faces_dir: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tiny_model_dir / MODEL_CHECKPOINT
+    assert ckpt.exists()
+    state = load_state(tiny_model_dir)
+    assert state["model_checkpoint"] and state["res"] == 16
+    assert all(t.dtype == torch.float32 for t in state["G"].values())
+    rc = main(
+        [
+            "train", "--resume", str(tiny_model_dir), "--data", str(faces_dir), "--preset", "tiny",
+            "--max-res", "32", "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--quiet",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    (run,) = tmp_path.iterdir()
+    grown = load_state(run)
+    assert grown["res"] == 32 and "blocks.b32.conv0.weight" in grown["G"]
+    rows = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines()]
+    assert rows[0]["res"] == 16 and rows[-1]["res"] == 32  # restabilised at 16, then faded in 32
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["resumed_from"].endswith(MODEL_CHECKPOINT) and cfg["net"]["z_dim"] == 32
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model_dir, bare)
+    (bare / MODEL_CHECKPOINT).unlink()
+    assert main(["train", "--resume", str(bare), "--data", str(faces_dir), "--quiet"]) == 2
+    assert "cannot be trained further" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tiny_model_dir), "--quiet"]) == 2
+    assert "--data is required" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tiny_model_dir), "--data", str(faces_dir), "--max-res", "8"]) == 2
+    assert "can only grow" in capsys.readouterr().err
+
+
+def test_packed_lease_checkpoint_round_trip(tiny_run: Path, tmp_path: Path) -> None:
+    script = REPO / "scripts" / "gpu_checkpoint.py"
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(script), "pack", str(tiny_run), str(out)], check=True)
+    parts = sorted(out.glob("ckpt.part*"))
+    assert parts and all(p.stat().st_size <= 15 * 2**20 for p in parts)
+    run = tmp_path / "00000-back"
+    subprocess.run([sys.executable, str(script), "unpack", *map(str, parts), "--out", str(run)], check=True)
+    a, b = load_state(tiny_run), load_state(run)
+    for k in ("G", "D", "G_ema"):
+        for name, t in a[k].items():
+            assert torch.equal(t.half().float(), b[k][name])
+    assert b["opt_G"] == {} and b["cur_nimg"] == a["cur_nimg"]
+    assert main(["train", "--quiet", "--resume", str(run), "--extend-kimg", "0.016"]) == 0
+    (out / "ckpt.part0").write_bytes(b"damaged")
+    bad = subprocess.run(
+        [sys.executable, str(script), "unpack", *map(str, parts), "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "do not match" in bad.stderr
+
+
+# ---------------------------------------------------------------------------- CUDA paths, checked on CPU
+
+
+def test_fade_under_bf16_autocast() -> None:
+    """Under autocast the faded-out branch and the new one come back in different dtypes (upsampling runs
+    in fp32): the lerp must not mix them (this failed on an H100)."""
+    net = NetConfig(z_dim=16, max_res=16, fmap_base=64, fmap_max=16)
+    G, D = build_networks(net)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        img = G(torch.randn(4, 16), 16, 0.5)
+        score = D(img, 16, 0.5)
+    assert img.shape == (4, 3, 16, 16) and torch.isfinite(score.float()).all()
+
+
+def test_training_needs_no_jsonschema(faces_dir: Path) -> None:
+    """GPU machines carry only torch and friends: `train` must not import what export validates with."""
+    code = (
+        "import sys; sys.modules['jsonschema'] = None; from trainer.cli import main; "
+        f"sys.exit(main(['train', '--data', {str(faces_dir)!r}, '--preset', 'tiny', '--dry-run']))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
