@@ -38,7 +38,9 @@ def step_rate(
     opt_G, opt_D = make_optimizer(G, 1e-3, cfg, "progan"), make_optimizer(D, 1e-3, cfg, "progan")
     use_amp = device.type == "cuda" and amp != "off"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
-    ctx = StepContext(G, D, net, cfg, device, autocast, None, torch.Generator().manual_seed(0), Dist())
+    ctx = StepContext(
+        G, D, net, cfg, device, autocast, None, torch.Generator(device=device).manual_seed(0), Dist()
+    )
     reals = torch.randn(batch, 3, res, res, device=device)
     if channels_last:
         reals = reals.contiguous(memory_format=torch.channels_last)

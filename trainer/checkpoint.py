@@ -76,6 +76,7 @@ def save_model_checkpoint(state: dict[str, Any], path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    tmp.chmod(0o644)
     os.replace(tmp, path)
     return path.stat().st_size
 

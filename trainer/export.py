@@ -65,21 +65,38 @@ class ExportedGenerator(nn.Module):
         return to_uint8_nhwc(img)
 
 
+class TopImages:
+    """G's top-resolution images of seeded latents, computed once for every lower resolution (the top
+    network is most of an export's time)."""
+
+    def __init__(self, G: Generator, top: int, alpha: float) -> None:
+        self.G, self.top, self.alpha = G, top, alpha
+        self._cache: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+
+    @torch.no_grad()
+    def get(self, num: int, seed: int) -> tuple[Tensor, Tensor]:
+        """(z [num, z_dim], images [num, 3, top, top])."""
+        if (num, seed) not in self._cache:
+            z = torch.randn(num, self.G.z_dim, generator=torch.Generator().manual_seed(seed))
+            imgs = torch.cat([self.G(zc, self.top, self.alpha) for zc in z.split(128)])
+            self._cache[(num, seed)] = (z, imgs)
+        return self._cache[(num, seed)]
+
+
 @torch.no_grad()
-def fit_heads(
-    G: Generator, top: int, alpha: float, resolutions: list[int], num: int = 1024, seed: int = 0
-) -> dict[int, nn.Module]:
+def fit_heads(tops: TopImages, resolutions: list[int], num: int = 1024, seed: int = 0) -> dict[int, nn.Module]:
     """Refit a 1x1 toRGB head per lower resolution by least squares, so that G cut at `r` reproduces the
     final `top` output box-downscaled to `r`: one z then gives the same face at every resolution."""
-    z = torch.randn(num, G.z_dim, generator=torch.Generator().manual_seed(seed))
+    G, top = tops.G, tops.top
+    z, full = tops.get(num, seed)
     heads: dict[int, nn.Module] = {}
     for r in resolutions:
         if r >= top:
             continue
         xs, ys = [], []
-        for zc in z.split(128):
+        for zc, fc in zip(z.split(128), full.split(128), strict=True):
             feat, _ = G.features(zc, r)  # [n, C, r, r]
-            target = F.avg_pool2d(G(zc, top, alpha), top // r)  # [n, 3, r, r]
+            target = F.avg_pool2d(fc, top // r)  # [n, 3, r, r]
             xs.append(feat.permute(0, 2, 3, 1).reshape(-1, feat.shape[1]).double())
             ys.append(target.permute(0, 2, 3, 1).reshape(-1, 3).double())
         X, Y = torch.cat(xs), torch.cat(ys)
@@ -94,24 +111,20 @@ def fit_heads(
 
 
 @torch.no_grad()
-def consistency(
-    G: Generator, top: int, alpha: float, r: int, head: nn.Module | None, num: int = 256, seed: int = 1
-) -> float:
+def consistency(tops: TopImages, r: int, head: nn.Module | None, num: int = 256, seed: int = 1) -> float:
     """Mean absolute difference (grey levels) between the `r` image of z and the `top` image of z downscaled."""
-    z = torch.randn(num, G.z_dim, generator=torch.Generator().manual_seed(seed))
-    small = ExportedGenerator(G, r, 1.0, head)(z).float()  # [N, r, r, 3] grey levels
-    big = to_uint8_nhwc(F.avg_pool2d(G(z, top, alpha), top // r)).float()
+    z, full = tops.get(num, seed)
+    small = ExportedGenerator(tops.G, r, 1.0, head)(z).float()  # [N, r, r, 3] grey levels
+    big = to_uint8_nhwc(F.avg_pool2d(full, tops.top // r)).float()
     return float((small - big).abs().mean())
 
 
 @torch.no_grad()
-def consistency_baseline(
-    G: Generator, top: int, alpha: float, r: int, num: int = 256, seed: int = 1
-) -> float:
+def consistency_baseline(tops: TopImages, r: int, num: int = 256, seed: int = 1) -> float:
     """The same distance between two different z (what 'a different face' looks like)."""
-    z = torch.randn(2 * num, G.z_dim, generator=torch.Generator().manual_seed(seed))
-    a = to_uint8_nhwc(F.avg_pool2d(G(z[:num], top, alpha), top // r)).float()
-    b = to_uint8_nhwc(F.avg_pool2d(G(z[num:], top, alpha), top // r)).float()
+    _, full = tops.get(num, seed)
+    a = to_uint8_nhwc(F.avg_pool2d(full[: num // 2], tops.top // r)).float()
+    b = to_uint8_nhwc(F.avg_pool2d(full[num // 2 :], tops.top // r)).float()
     return float((a - b).abs().mean())
 
 
@@ -341,7 +354,8 @@ def export_model(
     report: dict[str, Any] = {"method": "single resolution" if lg.arch == "dcgan" else consistency_method}
     if lg.arch == "progan" and len(trained) > 1:
         assert isinstance(G, Generator)
-        heads = fit_heads(G, top, alpha, wanted)
+        tops = TopImages(G, top, alpha)
+        heads = fit_heads(tops, wanted)
         for h in heads.values():
             round_weights_fp16(h)
         per_res = {}
@@ -349,9 +363,9 @@ def export_model(
             if r >= top:
                 continue
             per_res[str(r)] = {
-                "refit_torgb": round(consistency(G, top, alpha, r, heads[r]), 3),
-                "cut_original_torgb": round(consistency(G, top, alpha, r, G.to_rgb[res_key(r)]), 3),
-                "different_z": round(consistency_baseline(G, top, alpha, r), 3),
+                "refit_torgb": round(consistency(tops, r, heads[r]), 3),
+                "cut_original_torgb": round(consistency(tops, r, G.to_rgb[res_key(r)]), 3),
+                "different_z": round(consistency_baseline(tops, r), 3),
             }
         report.update(
             top=top,

@@ -52,12 +52,10 @@ def plot_losses(rows: Sequence[dict], path: Path, keys: Sequence[str] = ("loss_D
     for k in keys:
         if k in rows[0]:
             ax.plot(kimg, [r[k] for r in rows], label=k)
-    prev = None
-    for r in rows:
-        if prev is not None and r["res"] != prev:
-            ax.axvline(r["kimg"], color="grey", lw=0.5, ls="--")
-            ax.text(r["kimg"], ax.get_ylim()[1], f"{r['res']}", fontsize=7, va="top")
-        prev = r["res"]
+    for before, r in zip(rows, rows[1:], strict=False):
+        if r["res"] != before["res"]:  # the new resolution's fade began where the last row ended
+            ax.axvline(before["kimg"], color="grey", lw=0.5, ls="--")
+            ax.text(before["kimg"], ax.get_ylim()[1], f"{r['res']}", fontsize=7, va="top")
     ax.set_xlabel("kimg")
     ax.set_ylabel("loss")
     ax.legend()
