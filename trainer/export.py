@@ -84,7 +84,9 @@ class TopImages:
 
 
 @torch.no_grad()
-def fit_heads(tops: TopImages, resolutions: list[int], num: int = 1024, seed: int = 0) -> dict[int, nn.Module]:
+def fit_heads(
+    tops: TopImages, resolutions: list[int], num: int = 1024, seed: int = 0
+) -> dict[int, nn.Module]:
     """Refit a 1x1 toRGB head per lower resolution by least squares, so that G cut at `r` reproduces the
     final `top` output box-downscaled to `r`: one z then gives the same face at every resolution."""
     G, top = tops.G, tops.top
