@@ -82,7 +82,8 @@ def broadcast_params(module: nn.Module, d: Dist) -> None:
 @torch.no_grad()
 def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
     """G_ema <- lerp(G_ema, G, 1 - beta), one foreach kernel per dtype instead of one per tensor."""
-    ema, cur = list(G_ema.parameters()), [p.detach() for p in G.parameters()]
+    ema: list[Tensor] = list(G_ema.parameters())
+    cur = [p.detach() for p in G.parameters()]
     torch._foreach_lerp_(ema, cur, 1.0 - beta)
     for be, b in zip(G_ema.buffers(), G.buffers(), strict=True):
         be.copy_(b)
