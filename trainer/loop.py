@@ -73,6 +73,15 @@ def allreduce_grads(module: nn.Module, d: Dist) -> None:
         offset += g.numel()
 
 
+def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
+    """Whether `flag` holds on any rank (one small all-reduce; no communication on a single process)."""
+    if d.world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def broadcast_params(module: nn.Module, d: Dist) -> None:
     if d.world > 1:
         for t in list(module.parameters()) + list(module.buffers()):
@@ -451,7 +460,12 @@ def train(
         from trainer.budget import plan_to_fit, probe_throughput
 
         rates = probe_throughput(ctx, phases, pyramid, channels_last)
-        cfg = plan_to_fit(net, cfg, rates, deadline - time.monotonic(), grow_fraction)
+        seconds_left = deadline - time.monotonic()
+        if d.world > 1:  # every rank follows rank 0's plan, to the image: phases must switch together
+            shared: list[Any] = [rates, seconds_left]
+            dist.broadcast_object_list(shared, src=0)
+            rates, seconds_left = shared
+        cfg = plan_to_fit(net, cfg, rates, seconds_left, grow_fraction)
         phases = schedule(net, cfg)
         total_nimg = int(round(sum(p.kimg for p in phases) * 1000))
         ctx = dataclasses.replace(ctx, cfg=cfg)
@@ -595,7 +609,8 @@ def train(
         bar.update(batch * d.world)
 
         next_idx = locate(phases, cur_nimg)[0]
-        out_of_time = deadline is not None and time.monotonic() >= deadline
+        if deadline is not None and (d.world == 1 or steps % 50 == 0):  # ranks agree every 50 steps
+            out_of_time = any_rank(time.monotonic() >= deadline, d, device)
         done = cur_nimg >= total_nimg or (cfg.max_steps is not None and steps >= cfg.max_steps) or out_of_time
         phase_end = next_idx != idx or cur_nimg >= total_nimg
         tick = cur_nimg - tick_start_nimg >= cfg.tick_kimg * 1000 or phase_end or done

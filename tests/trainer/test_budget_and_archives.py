@@ -124,6 +124,27 @@ def test_minutes_run_plans_and_stops_at_its_deadline(
     assert main([*args, "--out", str(tmp_path), "--minutes", "-1"]) == 2
 
 
+def test_two_ranks_share_one_plan_and_one_deadline(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """Under DDP every rank follows rank 0's plan and all stop at the same step when time is up (a rank
+    that stopped alone would leave the others hanging in an all-reduce)."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+        "-m", "trainer", "train", "--data", str(faces_dir), "--preset", "tiny", "--max-res", "8",
+        "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--quiet", "--minutes", "0.5",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = tmp_path.iterdir()
+    assert (run / "plan.txt").exists() and load_state(run)["res"] == 8
+
+
 # ---------------------------------------------------------------------------- models that train further
 
 
