@@ -108,19 +108,38 @@ def test_plan_fits_the_budget_and_gives_the_rest_to_the_last_phase() -> None:
 def test_minutes_run_plans_and_stops_at_its_deadline(
     faces_zip: Path, cache_dir: Path, tmp_path: Path
 ) -> None:
+    import time
+
     args = ["train", "--data", str(faces_zip), "--preset", "tiny", "--max-res", "16", "--quiet"]
-    assert main([*args, "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--minutes", "0.75"]) == 0
+    t = time.monotonic()
+    rc = main(
+        [
+            *args,
+            "--out",
+            str(tmp_path),
+            "--cache-dir",
+            str(cache_dir),
+            "--minutes",
+            "0.75",
+            "--tick-kimg",
+            "0.5",
+        ]
+    )
+    took = time.monotonic() - t
+    assert rc == 0
+    assert took < 45 + 15  # the budget, plus the last save and process noise
     (run,) = tmp_path.iterdir()
     plan = (run / "plan.txt").read_text()
     assert "img/s" in plan and "minutes" in plan
-    state = load_state(run)
-    assert state["res"] == 16 and (run / "G_ema-0016.pt").exists()
+    state = load_state(run)  # a valid checkpoint wherever it stopped (a busy machine may not reach 16x16)
+    res = state["res"]
+    assert (run / f"G_ema-{res:04d}.pt").exists() and any((run / "grids").glob(f"end-res{res:04d}-*.png"))
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["data_index"]["resolution"] == 32 and cfg["train"]["last_kimg"] > cfg["train"]["fade_kimg"]
     # a deadline cuts a resumed run short, cleanly
     assert main(["train", "--quiet", "--resume", str(run), "--extend-kimg", "1000", "--minutes", "0.1"]) == 0
     after = load_state(run)
-    assert after["cur_nimg"] > state["cur_nimg"] and (run / "G_ema-0016.pt").exists()
+    assert after["cur_nimg"] > state["cur_nimg"] and (run / f"G_ema-{after['res']:04d}.pt").exists()
     assert main([*args, "--out", str(tmp_path), "--minutes", "-1"]) == 2
 
 
