@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
+from trainer.checkpoint import NETS
+
 PART_BYTES = 15 * 2**20
-NETS = ("G", "D", "G_ema")
 
 
 def pack(run_dir: Path, out: Path) -> list[Path]:

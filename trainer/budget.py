@@ -14,13 +14,12 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from trainer.config import NetConfig, Phase, TrainConfig
 
 if TYPE_CHECKING:
-    from trainer.loop import StepContext
+    from trainer.loop import DeviceImages, StepContext
 
 PLAN_EFFICIENCY = 0.95  # the loop's housekeeping (grids, stats, checkpoints) takes a few percent
 FINAL_SAVE_S = 10.0  # kept free at the end for the last grid, checkpoint and snapshot
@@ -38,14 +37,15 @@ def _sync(device: torch.device) -> None:
 def probe_throughput(
     ctx: StepContext,
     phases: list[Phase],
-    pyramid: dict[int, np.ndarray],
+    images: DeviceImages,
     channels_last: bool,
     warmup: int = 3,
     steps: int = 8,
 ) -> dict[int, float]:
     """Images/s of full training steps at each resolution of `phases` (mid-fade where it fades), measured
-    on throw-away copies of G and D so that the run itself starts untouched."""
-    from trainer.loop import DeviceImages, fade_reals, make_optimizer, sample_reals, train_step
+    on throw-away copies of G and D so that the run itself starts untouched. `images` is the run's own
+    device copy of the data, so nothing is uploaded twice."""
+    from trainer.loop import fade_reals, make_optimizer, sample_reals, train_step
 
     probe = dataclasses.replace(
         ctx,
@@ -53,7 +53,6 @@ def probe_throughput(
         D=copy.deepcopy(ctx.D),
         gen=torch.Generator(device=ctx.device).manual_seed(987654321),
     )
-    images = DeviceImages(pyramid, ctx.device)
     rates: dict[int, float] = {}
     for p in phases:
         if p.res in rates:
@@ -69,7 +68,7 @@ def probe_throughput(
             train_step(probe, reals, p.res, alpha, opt_G, opt_D)
         _sync(ctx.device)
         rates[p.res] = batch * ctx.d.world * steps / (time.perf_counter() - t)
-    del probe, images
+    del probe
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
     return rates

@@ -134,11 +134,10 @@ def honest_max_res(src: Source, probe: int = 64) -> int:
     if src.kind == "array":
         arr = _load_array(src.files[0])
         return int(min(arr.shape[1], arr.shape[2]))
+    if src.kind == "zip":  # square crops already; zip_members made sure there is at least one
+        return int(min(min(im.size) for _, im in itertools.islice(_zip_images(src.path), probe)))
     sides = []
-    if src.kind == "zip":
-        for _, im in itertools.islice(_zip_images(src.path), probe):
-            sides.append(min(im.size))
-    for f in src.files[:probe] if src.kind != "zip" else ():
+    for f in src.files[:probe]:
         try:
             with Image.open(f) as im:
                 left, _, right, _ = crop_box(*im.size, src.kind)

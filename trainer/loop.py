@@ -455,11 +455,13 @@ def train(
         G_step, D_step = torch.compile(G), torch.compile(D)  # type: ignore[assignment]
     ctx = StepContext(G_step, D_step, net, cfg, device, autocast, scaler, gen, d)
 
+    reals_on_device = DeviceImages(pyramid, device)  # one resolution at a time, shared with the probe
+
     # --- a time budget: plan a fresh run's schedule from a throughput probe on this machine
     if deadline is not None and not continuing and net.arch == "progan":
         from trainer.budget import plan_to_fit, probe_throughput
 
-        rates = probe_throughput(ctx, phases, pyramid, channels_last)
+        rates = probe_throughput(ctx, phases, reals_on_device, channels_last)
         seconds_left = deadline - time.monotonic()
         if d.world > 1:  # every rank follows rank 0's plan, to the image: phases must switch together
             shared: list[Any] = [rates, seconds_left]
@@ -580,7 +582,6 @@ def train(
     tick_start_nimg, tick_start_time = cur_nimg, time.time()
     last_checkpoint = time.monotonic()
     acc: dict[str, list[Tensor]] = defaultdict(list)
-    reals_on_device = DeviceImages(pyramid, device)
     res, alpha = phases[locate(phases, cur_nimg)[0]].res, 1.0
     done = cur_nimg >= total_nimg
     out_of_time = False

@@ -15,20 +15,12 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from trainer.data import CELEBA_CROP, DataError, find_source
+from trainer.data import DataError, crop_box, find_source
 
 CROPS = ("celeba", "wide", "centre")
 CELEBA_LICENCE = (
     "CelebA (Liu et al., ICCV 2015): non-commercial research purposes only; do not redistribute the images"
 )
-
-
-def crop_square(w: int, h: int, crop: str) -> tuple[int, int, int, int]:
-    """celeba: CelebA's usual centred face crop (140/178 of the width); wide / centre: the largest centred
-    square (178x178 on CelebA's aligned 178x218 images)."""
-    side = min(round(w * CELEBA_CROP), w, h) if crop == "celeba" else min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    return left, top, left + side, top + side
 
 
 def prepare_data(
@@ -72,7 +64,9 @@ def prepare_data(
             for name in tqdm(names, desc=f"{res}px WebP", unit="img", disable=not progress):
                 try:
                     with Image.open(files[name]) as im:
-                        box = crop_square(*im.size, crop)
+                        box = crop_box(
+                            *im.size, crop
+                        )  # celeba: the face crop; wide, centre: the largest square
                         img = im.convert("RGB").crop(box)
                 except (OSError, UnidentifiedImageError) as e:
                     skipped += 1

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from trainer.budget import BudgetError, plan_to_fit
 from trainer.checkpoint import MODEL_CHECKPOINT, load_state
 from trainer.cli import main
@@ -146,21 +146,19 @@ def test_minutes_run_plans_and_stops_at_its_deadline(
 def test_two_ranks_share_one_plan_and_one_deadline(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
     """Under DDP every rank follows rank 0's plan and all stop at the same step when time is up (a rank
     that stopped alone would leave the others hanging in an all-reduce)."""
+    out = tmp_path
     import os
-    import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
         "-m", "trainer", "train", "--data", str(faces_dir), "--preset", "tiny", "--max-res", "8",
-        "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--quiet", "--minutes", "0.5",
+        "--out", str(out), "--cache-dir", str(cache_dir), "--quiet", "--minutes", "0.5",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = tmp_path.iterdir()
+    (run,) = out.iterdir()
     assert (run / "plan.txt").exists() and load_state(run)["res"] == 8
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from trainer.checkpoint import load_generator, load_state
 from trainer.cli import main
 from trainer.data import find_source, load_images
@@ -266,12 +265,6 @@ def test_full_disk_never_leaves_a_broken_checkpoint(
     assert not list(run.glob(".*.tmp"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_ddp_on_cpu(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [
@@ -279,7 +272,7 @@ def test_two_process_ddp_on_cpu(faces_dir: Path, cache_dir: Path, tmp_path: Path
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         "-m",
         "trainer",
         "train",
