@@ -143,10 +143,13 @@ def test_minutes_run_plans_and_stops_at_its_deadline(
     assert main([*args, "--out", str(tmp_path), "--minutes", "-1"]) == 2
 
 
-def test_two_ranks_share_one_plan_and_one_deadline(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+def test_two_ranks_share_one_plan_and_one_deadline(faces_dir: Path, tmp_path: Path) -> None:
     """Under DDP every rank follows rank 0's plan and all stop at the same step when time is up (a rank
-    that stopped alone would leave the others hanging in an all-reduce)."""
-    out = tmp_path
+    that stopped alone would leave the others hanging in an all-reduce). Its own decode cache: an 8x8
+    cache decoded directly differs from one box-downscaled from 16x16, and the shared one must hold the
+    latter for the exact-resume test."""
+    cache_dir = tmp_path / "cache"
+    out = tmp_path / "runs"
     import os
 
     port = free_port()
