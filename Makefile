@@ -23,8 +23,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check trainer service tests bench scripts docker
-	$(BIN)/mypy trainer service bench scripts
+	$(BIN)/ruff check contract trainer service tests bench scripts docker
+	$(BIN)/mypy contract trainer service bench scripts
 
 docker-test: $(STAMP)
 	bash scripts/docker-test.sh

@@ -3,11 +3,22 @@
     python bench/serve_load.py                      # export a cpu-preset generator, start servers, print tables
     python bench/serve_load.py --checkpoint runs/x  # the same with a trained checkpoint's weights
     python bench/serve_load.py --url http://host:8000 --label mine   # load against a running server only
+    python bench/serve_load.py --overload --res 64 --concurrency 128 512   # queue bound on against off
 
 Load: closed loop, `concurrency` clients each sending POST /generate?res=R&seed=... back to back for
 `--seconds`; req/s, images/s and latency percentiles per (batching, res, concurrency). The client runs on
 the same machine as the server and takes CPU from it; figures are lower bounds for a separate client.
 This script may import torch and trainer; the service never does.
+
+Overload (`--overload`): the same closed loop, at concurrencies far above what saturates the server,
+against a server with the queue bound on (`--queue-wait-ms`, `--queue-rows`; the service defaults) and
+one with it off; served req/s, p50 / p99 of the served (200) requests, and the share of 503s, counted by
+when a response arrives (an overloaded request can outlast the warm-up). A client that gets 503 either
+sends its next request at once (`--on-503 retry`: the offered load stays that of `concurrency` clients
+and the refusals cost the server what they cost) or first sleeps Retry-After (`sleep`: what a polite
+client does; the offered load falls, but with hundreds of clients stays far above capacity); `both`
+(default) loads the bound-on server once each way. A closed loop of c clients never queues more than c
+rows, so the bound bites only at concurrencies whose queue would pass it.
 """
 
 from __future__ import annotations
@@ -34,6 +45,18 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from contract import (  # noqa: E402
+    MANIFEST_FILE,
+    SCHEMA_VERSION,
+    FileEntry,
+    InputSpec,
+    LatentSpec,
+    Manifest,
+    OutputSpec,
+    Provenance,
+    WeightsEntry,
+    sha256_of,
+)
 
 # ---------------------------------------------------------------------------- model
 
@@ -62,10 +85,8 @@ def export_bench_model(
         export_onnx,
         fold_equalized_scales,
         round_weights_fp16,
-        sha256_file,
         store_weights_fp16,
     )
-    from trainer.manifest import SCHEMA_VERSION, validate_manifest
     from trainer.networks import Generator, res_key
 
     if checkpoint is not None:
@@ -84,7 +105,7 @@ def export_bench_model(
     folder.mkdir(parents=True)
     store = WeightStore(folder / WEIGHTS_FILE)
     modules: dict[int, Any] = {}
-    files: dict[str, Any] = {}
+    files: dict[int, FileEntry] = {}
     for res in resolutions:
         top = res == G.max_res
         module = ExportedGenerator(G, res, 1.0, None if top else G.to_rgb[res_key(res)]).eval()
@@ -93,36 +114,32 @@ def export_bench_model(
     store.close()
     for res in resolutions:
         f = folder / f"G_{res}.onnx"
-        files[str(res)] = {"file": f.name, "sha256": sha256_file(f), "bytes": f.stat().st_size}
-    weights = {
-        "file": WEIGHTS_FILE,
-        "sha256": sha256_file(store.path),
-        "bytes": store.path.stat().st_size,
-        "dtype": "float16",
-    }
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "name": "bench",
-        "z_dim": G.z_dim,
-        "latent": {"distribution": "normal"},
-        "input": {"name": INPUT, "dtype": "float32", "shape": ["N", G.z_dim]},
-        "output": {"name": OUTPUT, "dtype": "uint8", "shape": ["N", "R", "R", 3], "layout": "NHWC"},
-        "resolutions": files,
-        "weights": weights,
-        "opset": OPSET,
-        "provenance": {
-            "architecture": "progan",
-            "dataset": source,
-            "license": "benchmark only",
-            "kimg": 0.0,
-            "preset": preset_name,
-            "commit": "unknown",
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-        "total_bytes": weights["bytes"] + sum(f["bytes"] for f in files.values()),
-    }
-    validate_manifest(manifest)
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        files[res] = FileEntry(file=f.name, sha256=sha256_of(f), bytes=f.stat().st_size)
+    weights = WeightsEntry(
+        file=WEIGHTS_FILE, sha256=sha256_of(store.path), bytes=store.path.stat().st_size, dtype="float16"
+    )
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        name="bench",
+        z_dim=G.z_dim,
+        latent=LatentSpec(),
+        input=InputSpec(name=INPUT, shape=("N", G.z_dim)),
+        output=OutputSpec(name=OUTPUT),
+        resolutions=files,
+        weights=weights,
+        opset=OPSET,
+        provenance=Provenance(
+            architecture="progan",
+            dataset=source,
+            license="benchmark only",
+            kimg=0.0,
+            preset=preset_name,
+            commit="unknown",
+            date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        ),
+        total_bytes=weights.bytes + sum(e.bytes for e in files.values()),
+    )
+    (folder / MANIFEST_FILE).write_text(manifest.to_json())
     return folder, modules
 
 
@@ -224,10 +241,11 @@ def bench_generator(
 
 async def post(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, path: str
-) -> tuple[int, bytes]:
-    """One HTTP/1.1 keep-alive POST with an empty body: (status, body). A few lines of parsing instead of
-    an HTTP client library, because the load generator shares the server's cores: httpx spends about a
-    millisecond of CPU per request, which at concurrency 64 on two cores is a sizeable part of the budget."""
+) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 keep-alive POST with an empty body: (status, headers, body). A few lines of parsing
+    instead of an HTTP client library, because the load generator shares the server's cores: httpx spends
+    about a millisecond of CPU per request, which at concurrency 64 on two cores is a sizeable part of the
+    budget."""
     writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n".encode())
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -238,22 +256,31 @@ async def post(
     if "content-length" not in headers:
         raise RuntimeError(f"response without Content-Length: {headers}")
     body = await reader.readexactly(int(headers["content-length"]))
-    return status, body
+    return status, headers, body
 
 
 async def load(
-    url: str, res: int, concurrency: int, seconds: float, warmup: float, fmt: str
+    url: str,
+    res: int,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    fmt: str,
+    sleep_on_503: bool = False,
 ) -> dict[str, Any]:
-    """Closed loop: `concurrency` connections, each sending its next request when the last one returns."""
+    """Closed loop: `concurrency` connections, each sending its next request when the last one returns
+    (after sleeping Retry-After on a 503 with `sleep_on_503`)."""
     parsed = urlsplit(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
     latencies: list[float] = []
+    served: list[float] = []  # latencies of the 200s answered in the measured window
+    answered = refused = 0  # responses answered in the measured window, and the 503s among them
     errors = 0
     stop_at = time.perf_counter() + warmup + seconds
     measure_from = time.perf_counter() + warmup
 
     async def worker() -> None:
-        nonlocal errors
+        nonlocal errors, answered, refused
         rng = random.Random()
         reader, writer = await asyncio.open_connection(host, port)
         try:
@@ -264,18 +291,34 @@ async def load(
                 path = (
                     f"{parsed.path.rstrip('/')}/generate?res={res}&seed={rng.randrange(2**32)}&format={fmt}"
                 )
-                status, _ = await post(reader, writer, f"{host}:{port}", path)
+                status, headers, _ = await post(reader, writer, f"{host}:{port}", path)
                 done = time.perf_counter()
                 if t >= measure_from and done <= stop_at:
                     latencies.append(done - t)
                     errors += status != 200
+                if measure_from <= done <= stop_at:
+                    answered += 1
+                    refused += status == 503
+                    if status == 200:
+                        served.append(done - t)
+                if status == 503 and sleep_on_503:
+                    await asyncio.sleep(min(float(headers.get("retry-after", 1)), stop_at - done))
         finally:
             writer.close()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     lat = np.array(latencies) * 1e3
     n = len(lat)
-    return dict(
+    ok = np.array(served) * 1e3
+    overload = dict(
+        served_req_s=len(ok) / seconds,
+        served_p50_ms=float(np.percentile(ok, 50)) if len(ok) else float("nan"),
+        served_p99_ms=float(np.percentile(ok, 99)) if len(ok) else float("nan"),
+        answered=answered,
+        refused=refused,
+        pct_503=100 * refused / answered if answered else float("nan"),
+    )
+    return overload | dict(
         res=res,
         concurrency=concurrency,
         requests=n,
@@ -304,8 +347,9 @@ def free_port() -> int:
 
 
 def start_server(
-    models: Path, batching: bool, args: argparse.Namespace
+    models: Path, batching: bool, args: argparse.Namespace, extra: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """A `python -m service` process on a free port; `extra` settings override --env."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACES_")}
     env.update(
@@ -319,6 +363,7 @@ def start_server(
         FACES_LOG_LEVEL="warning",
     )
     env.update(item.split("=", 1) for item in args.env)
+    env.update(extra or {})
     proc = subprocess.Popen(
         [sys.executable, "-m", "service"],
         cwd=REPO,
@@ -356,6 +401,46 @@ def run_load(servers: dict[str, str], args: argparse.Namespace) -> list[dict[str
                     flush=True,
                 )
     return sorted(rows, key=lambda r: r["mode"] != "batching on")
+
+
+OVERLOAD_COLS = ["mode", "res", "concurrency", "served_req_s", "served_p50_ms", "served_p99_ms", "pct_503"]
+
+
+ON_503 = {"retry": "503: retry at once", "sleep": "503: sleep Retry-After"}
+
+
+def run_overload(servers: dict[str, str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every (res, concurrency) cell against each server in turn, counting served requests and 503s; a
+    server that may refuse is loaded once per client behaviour on 503 (`--on-503`)."""
+    behaviours = list(ON_503) if args.on_503 == "both" else [args.on_503]
+    rows = []
+    for res in args.res:
+        for c in args.concurrency:
+            for label, url in servers.items():
+                for behaviour in ["retry"] if label == "bound off" else behaviours:
+                    row = run_async(
+                        load(url, res, c, args.seconds, args.warmup, args.format, behaviour == "sleep")
+                    )
+                    row["mode"] = label if label == "bound off" else f"{label}, {ON_503[behaviour]}"
+                    rows.append(row)
+                    print(
+                        f"  {row['mode']:34s} res {res:4d} c {c:4d}: served {row['served_req_s']:7.1f} req/s  "
+                        f"p50 {row['served_p50_ms']:7.1f}  p99 {row['served_p99_ms']:7.1f} ms  "
+                        f"503 {row['pct_503']:5.1f}% of {row['answered']} responses",
+                        flush=True,
+                    )
+    return rows
+
+
+def overload_settings(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    """The settings of the two overload servers: the queue bound as asked, and none."""
+    return {
+        "bound on": {
+            "FACES_MAX_QUEUE_ROWS": str(args.queue_rows),
+            "FACES_MAX_QUEUE_WAIT_MS": str(args.queue_wait_ms),
+        },
+        "bound off": {"FACES_MAX_QUEUE_ROWS": "0", "FACES_MAX_QUEUE_WAIT_MS": "0"},
+    }
 
 
 # ---------------------------------------------------------------------------- report
@@ -401,6 +486,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gen-batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--gen-seconds", type=float, default=3.0)
     p.add_argument("--skip-load", action="store_true")
+    p.add_argument(
+        "--overload",
+        action="store_true",
+        help="queue bound on against off (batching on both) instead of the generator and batching tables; "
+        "give concurrencies far above saturation, e.g. --concurrency 128 512",
+    )
+    p.add_argument(
+        "--queue-wait-ms", type=float, default=2000.0, help="FACES_MAX_QUEUE_WAIT_MS of the bound-on server"
+    )
+    p.add_argument("--queue-rows", type=int, default=512, help="FACES_MAX_QUEUE_ROWS of the bound-on server")
+    p.add_argument(
+        "--on-503",
+        choices=["retry", "sleep", "both"],
+        default="both",
+        help="what an overload client does on 503: send again at once, or sleep Retry-After first",
+    )
     p.add_argument("--skip-generator", action="store_true")
     p.add_argument("--json", type=Path, help="also write every figure here")
     args = p.parse_args(argv)
@@ -415,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     print(f"# serve_load on {report['machine']}", flush=True)
-    if args.url:
+    if args.url and args.overload:
+        report["overload"] = run_overload({args.label: args.url}, args)
+    elif args.url:
         report["load"] = run_load({args.label: args.url}, args)
         print(
             "\n"
@@ -428,12 +531,24 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
             print("exporting the bench model ...", flush=True)
             model_dir, modules = export_bench_model(Path(tmp), args.preset, args.res, args.checkpoint)
-            if not args.skip_generator:
+            if args.overload:
+                procs, servers = [], {}
+                try:
+                    for label, extra in overload_settings(args).items():
+                        proc, url = start_server(model_dir.parent, True, args, extra)
+                        procs.append(proc)
+                        servers[label] = url
+                    report["overload"] = run_overload(servers, args)
+                finally:
+                    for proc in procs:
+                        proc.send_signal(signal.SIGTERM)
+                        proc.wait(timeout=60)
+            elif not args.skip_generator:
                 print("generator alone (CPU):", flush=True)
                 report["generator"] = bench_generator(
                     model_dir, modules, args.res, args.gen_batches, args.threads, args.gen_seconds
                 )
-            if not args.skip_load:
+            if not args.skip_load and not args.overload:
                 procs, servers = [], {}
                 try:
                     for batching in (True, False):  # both up at once; the idle one costs nothing
@@ -490,6 +605,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"res {res}: x{ms[res, 1] / (ms[res, biggest] / biggest):.2f}" for res in args.res
                     )
                 )
+    if "overload" in report:
+        print("\n## Overload: queue bound on against off (closed loop; latency of the served requests)\n")
+        print(markdown(report["overload"], OVERLOAD_COLS))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

@@ -56,6 +56,7 @@ RUN groupadd --gid 10001 faces && \
 
 WORKDIR /app
 COPY --from=models /models /models
+COPY contract/ /app/contract/
 COPY service/ /app/service/
 COPY docker/healthcheck.py /app/healthcheck.py
 RUN python -m compileall -q /app

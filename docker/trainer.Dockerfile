@@ -31,6 +31,7 @@ RUN set -eu; \
     rm -rf /tmp/build
 
 WORKDIR /app
+COPY contract/ /app/contract/
 COPY trainer/ /app/trainer/
 # any uid may run it (`docker compose run --user "$(id -u):$(id -g)"`, so runs/ stays yours)
 RUN python -m compileall -q /app/trainer && \

@@ -14,7 +14,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from service.inference.latents import interpolation_path, z_for_seeds
+from contract import z_for_seeds
+from service.inference.latents import interpolation_path
 from trainer.viz import grid
 
 

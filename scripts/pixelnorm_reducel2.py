@@ -13,8 +13,6 @@ as a batched one, so the service need not pad single requests to two rows (docs/
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 from pathlib import Path
 
@@ -22,6 +20,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from contract import MANIFEST_FILE, Manifest, ManifestError, read_manifest, sha256_of  # noqa: E402
 
 EPS = 1e-8
 
@@ -109,22 +111,19 @@ def images(path: Path, z: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(None, {"z": z[i : i + 64]})[0] for i in range(0, len(z), 64)])
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", type=Path, nargs="+", help="model folders (each with manifest.json)")
     args = p.parse_args(argv)
     for folder in args.folders:
-        mpath = folder / "manifest.json"
-        if not mpath.is_file():
-            sys.exit(f"error: {mpath} not found")
-        manifest = json.loads(mpath.read_text())
-        z = np.random.default_rng(0).standard_normal((512, manifest["z_dim"]), dtype=np.float32)
-        for _, entry in sorted(manifest["resolutions"].items(), key=lambda kv: int(kv[0])):
-            path = folder / entry["file"]
+        try:
+            manifest = read_manifest(folder)
+        except ManifestError as exc:
+            sys.exit(f"error: {exc}")
+        z = np.random.default_rng(0).standard_normal((512, manifest.z_dim), dtype=np.float32)
+        files = dict(manifest.resolutions)
+        for res, entry in files.items():
+            path = folder / entry.file
             model = onnx.load(str(path), load_external_data=False)
             n = rewrite(model)
             if n == 0:
@@ -139,15 +138,14 @@ def main(argv: list[str] | None = None) -> int:
                 tmp.unlink()
                 sys.exit(f"error: {path}: the rewrite changed pixels by {diff.max()} grey levels")
             tmp.replace(path)
-            entry.update(sha256=sha256(path), bytes=path.stat().st_size)
+            files[res] = entry.model_copy(update={"sha256": sha256_of(path), "bytes": path.stat().st_size})
             print(
                 f"{path}: {n} PixelNorm chains rewritten; {int((diff > 0).sum())} of {diff.size} values moved "
                 f"by one grey level over 512 latents"
             )
-        manifest["total_bytes"] = manifest["weights"]["bytes"] + sum(
-            e["bytes"] for e in manifest["resolutions"].values()
-        )
-        mpath.write_text(json.dumps(manifest, indent=2) + "\n")
+        total = manifest.weights.bytes + sum(e.bytes for e in files.values())
+        updated = Manifest.model_validate({**dict(manifest), "resolutions": files, "total_bytes": total})
+        (folder / MANIFEST_FILE).write_text(updated.to_json())
     return 0
 
 

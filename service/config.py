@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         default=0, ge=0, le=1024
     )  # runs are padded to at least this many rows; 0 = auto, probed per graph at start-up (see docs)
 
+    # --- overload: past either bound a request gets 503 + Retry-After; a graph's empty queue admits any
+    max_queue_rows: int = Field(default=512, ge=0)  # rows queued for one model and resolution; 0 = off
+    max_queue_wait_ms: float = Field(
+        default=2000.0, ge=0
+    )  # expected wait of a new request (queued rows x measured time per row / threads); 0 = off
+
     # --- request limits
     max_n: int = Field(default=16, ge=1, le=4096)  # images per /generate request
     max_steps: int = Field(default=64, ge=1, le=4096)  # frames per /interpolate segment

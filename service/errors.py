@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.schemas import ErrorResponse
+
 log = logging.getLogger("service")
 
 
@@ -36,6 +38,37 @@ class Unavailable(ServiceError):
     status_code = 503
 
 
+class Overloaded(ServiceError):
+    """The queue in front of the inference threads is past its bound; sent with Retry-After."""
+
+    status_code = 503
+
+
+ERROR_STATUSES: dict[int, str] = {
+    400: "The body is not valid JSON",
+    401: "No API key, or one that is not in FACES_API_KEYS",
+    413: "The body is larger than FACES_MAX_BODY_BYTES",
+    415: "A body sent with a Content-Type other than application/json",
+    422: "A parameter breaks a rule; `detail` names it and `errors` lists every problem",
+    503: "Not ready yet, the model is unavailable, or the service is over capacity (then with Retry-After)",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries of the errors a route can answer, all of them ErrorResponse JSON."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for s in statuses:
+        out[s] = {"model": ErrorResponse, "description": ERROR_STATUSES[s]}
+        if s == 503:
+            out[s]["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying, when over capacity",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            }
+    return out
+
+
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header"):
@@ -58,8 +91,22 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        detail, errors = validation_summary(list(exc.errors()))
-        return JSONResponse({"detail": detail, "errors": errors}, status_code=422)
+        errors = list(exc.errors())
+        broken = next((e for e in errors if e["type"] == "json_invalid"), None)
+        if broken is not None:  # the body does not parse: 400, as it is no request at all
+            where = f" at character {broken['loc'][1]}" if len(broken["loc"]) > 1 else ""
+            reason = broken.get("ctx", {}).get("error", "JSON decode error")
+            return JSONResponse({"detail": f"the request body is not valid JSON: {reason}{where}"}, 400)
+        content_type = request.headers.get("content-type", "")
+        if content_type and "json" not in content_type and any(tuple(e["loc"]) == ("body",) for e in errors):
+            return JSONResponse(
+                {
+                    "detail": f"send the body as JSON with Content-Type: application/json, not {content_type!r}"
+                },
+                415,
+            )
+        detail, trimmed = validation_summary(errors)
+        return JSONResponse({"detail": detail, "errors": trimmed}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -13,13 +13,14 @@ from fastapi.middleware.cors import CORSMiddleware
 from service import __version__
 from service.config import Settings
 from service.deps import require_api_key, require_api_key_for_probes
-from service.errors import install_error_handlers
+from service.errors import error_responses, install_error_handlers
 from service.inference.batching import InferenceScheduler
 from service.inference.manifest import ModelLoadError
 from service.inference.pipeline import Pipeline
 from service.inference.sessions import ModelRepository
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
+from service.openapi import install_openapi
 from service.routes import generate, health, interpolate, latents, models
 
 log = logging.getLogger("service")
@@ -82,14 +83,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler = InferenceScheduler(settings.inference_threads)
         try:
-            repo = ModelRepository.load(settings)
+            repo = ModelRepository.load(settings, scheduler, metrics)
         except ModelLoadError as exc:
             log.error("start-up failed: %s", exc)
             raise
-        scheduler = InferenceScheduler(settings.inference_threads)
         encoder = ThreadPoolExecutor(settings.encode_threads, thread_name_prefix="encode")
-        repo.start(settings, scheduler, metrics)
         scheduler.start()
         app.state.pipeline = Pipeline(repo, settings, encoder)
         app.state.ready = True
@@ -114,11 +114,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.ready = False
     install_error_handlers(app)
+    install_openapi(app, DESCRIPTION)
 
-    protected = [Depends(require_api_key)]
+    # the key check, and its security scheme in the OpenAPI schema, only where keys are configured
+    keys = bool(settings.api_keys)
     for module in (generate, interpolate, latents, models):
-        app.include_router(module.router, dependencies=protected)
-    app.include_router(health.router, dependencies=[Depends(require_api_key_for_probes)])
+        app.include_router(
+            module.router,
+            dependencies=[Depends(require_api_key)] if keys else [],
+            responses=error_responses(401) if keys else None,
+        )
+    probes_keyed = keys and settings.auth_probes
+    app.include_router(
+        health.router,
+        dependencies=[Depends(require_api_key_for_probes)] if probes_keyed else [],
+        responses=error_responses(401) if probes_keyed else None,
+    )
 
     # the last added is the outermost: metrics see every response, 413s included
     if settings.cors_origins:

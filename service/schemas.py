@@ -1,12 +1,26 @@
-"""Request and response schemas. Limits that depend on settings (n, steps, ...) are checked in inference."""
+"""Request and response schemas: every rule a request can break without knowing the loaded models or the
+settings is here, in pydantic validators that the OpenAPI schema states too (oneOf / not / if-then).
+What depends on the models and limits (resolution, z_dim, FACES_MAX_*) is checked in one place,
+service/inference/pipeline.py, before anything runs."""
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from service.inference.latents import SEED_MAX
+from contract import SEED_MAX, LatentSpec, Provenance
 
 LATENT_ABS_MAX = 1e4  # |z| of a normal sample is < 7; the bound keeps z**2 far from float32 overflow
 
@@ -24,6 +38,17 @@ Truncation = Annotated[
     ),
 ]
 StillFormat = Literal["png", "jpeg", "webp"]
+AnimationFormat = Literal["gif", "webp"]
+Encoded = Annotated[  # bytes in Python, base64 in JSON
+    bytes,
+    PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64"}),
+]
+
+
+def rule(message: str) -> PydanticCustomError:
+    """A broken cross-field rule, reported as `message` (no "Value error, " prefix)."""
+    return PydanticCustomError("request_rule", message)
 
 
 # ---------------------------------------------------------------------------- /generate
@@ -34,9 +59,7 @@ class GenerateQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    res: int | None = Field(
-        default=None, description="Resolution; default: the model's largest", examples=[64]
-    )
+    res: int | None = Field(default=None, description="Resolution; default: the model's largest")
     seed: Seed | None = Field(
         default=None, description="Seed of the first image (image i uses seed + i); random when absent"
     )
@@ -56,36 +79,80 @@ class GenerateQuery(BaseModel):
 
 
 class GenerateRequest(GenerateQuery):
-    """/generate JSON body: the query parameters, plus explicit latents as an alternative to seeds."""
+    """/generate JSON body: the query parameters, plus explicit latents as an alternative to seeds.
+    With `latents`, leave out `seed` and `truncation`, and `n` unless it equals the number of latents."""
 
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [
-                {"res": 64, "seed": 42},
-                {"res": 64, "seed": 7, "n": 4, "truncation": 0.7, "format": "jpeg", "layout": "grid"},
-                {"res": 64, "latents": [[0.1, -1.2, 0.3, 0.8]]},  # z_dim values per latent
-            ]
+            # seeds or latents: a body with latents has neither seed nor truncation
+            "not": {"anyOf": [{"required": ["latents", "seed"]}, {"required": ["latents", "truncation"]}]},
         },
     )
 
     latents: list[Latent] | None = Field(
-        default=None, description="Explicit z vectors, one per image, instead of seeds"
+        default=None, min_length=1, description="Explicit z vectors, one per image, instead of seeds"
     )
+
+    @model_validator(mode="after")
+    def _seeds_or_latents(self) -> GenerateRequest:
+        if self.latents is not None:
+            if self.seed is not None:
+                raise rule("give either 'seed' or 'latents', not both")
+            if self.truncation is not None:
+                raise rule("'truncation' applies to seeds; explicit latents are used as given")
+            if "n" in self.model_fields_set and self.n != len(self.latents):
+                raise rule(f"n={self.n} but {len(self.latents)} latents were given; leave n out")
+        elif self.seed is not None and self.seed + self.n - 1 > SEED_MAX:
+            raise rule(f"seeds run from seed to seed + n - 1, which must stay <= {SEED_MAX}")
+        return self
+
+    @property
+    def count(self) -> int:
+        """Images asked for."""
+        return len(self.latents) if self.latents is not None else self.n
+
+    @classmethod
+    def merged(cls, query: GenerateQuery, body: GenerateRequest | None) -> GenerateRequest:
+        """Query parameters and body fields as one request; a field given in both must agree."""
+        given = query.model_dump(exclude_unset=True)
+        if body is not None:
+            for key, value in body.model_dump(exclude_unset=True).items():
+                if key in given and given[key] != value:
+                    raise RequestValidationError(
+                        [
+                            {
+                                "loc": ("body", key),
+                                "msg": f"{key!r} is given in both the query string and the body, "
+                                "with different values",
+                                "type": "request_rule",
+                            }
+                        ]
+                    )
+                given[key] = value
+        try:
+            return cls.model_validate(given)
+        except ValidationError as exc:  # a rule broken only by query and body together
+            raise RequestValidationError(
+                [{**e, "loc": ("query+body", *e["loc"])} for e in exc.errors()]
+            ) from None
 
 
 class ImageOut(BaseModel):
-    seed: int | None = Field(description="Seed of this image; null when it came from an explicit latent")
-    data: str = Field(description="The encoded image, base64")
+    seed: int | None = Field(
+        description="Seed of this image; null for an explicit latent or a grid of several images"
+    )
+    data: Encoded = Field(description="The encoded image, base64")
 
 
 class GenerateResponse(BaseModel):
     model: str
     res: int
-    format: str
+    format: StillFormat
     media_type: str
     truncation: float | None
-    images: list[ImageOut]
+    seeds: list[int | None] = Field(description="Seed of each image; null for explicit latents")
+    images: list[ImageOut] = Field(description="One per image, or one grid with layout=grid")
 
 
 # ---------------------------------------------------------------------------- /interpolate
@@ -94,7 +161,9 @@ class GenerateResponse(BaseModel):
 class Waypoint(BaseModel):
     """A point of the path: a seed or an explicit latent."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["seed"]}, {"required": ["latent"]}]}
+    )
 
     seed: Seed | None = None
     latent: Latent | None = None
@@ -102,27 +171,36 @@ class Waypoint(BaseModel):
     @model_validator(mode="after")
     def _one_of(self) -> Waypoint:
         if (self.seed is None) == (self.latent is None):
-            raise ValueError("a waypoint needs exactly one of 'seed' or 'latent'")
+            raise rule("a waypoint needs exactly one of 'seed' or 'latent'")
         return self
 
 
 class InterpolateRequest(BaseModel):
+    """Give exactly one of `seeds` or `waypoints` (two or more). An animation is a gif (default) or a
+    webp; a strip or frames are png (default), jpeg or webp."""
+
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [
-                {"seeds": [1, 2, 3], "steps": 12, "res": 64},
-                {"waypoints": [{"seed": 1}, {"seed": 9}], "steps": 16, "loop": True, "format": "webp"},
-                {"seeds": [4, 5], "steps": 6, "method": "lerp", "output": "strip", "format": "jpeg"},
-            ]
+            "oneOf": [{"required": ["seeds"]}, {"required": ["waypoints"]}],
+            "allOf": [
+                {  # output absent or "animation"
+                    "if": {"properties": {"output": {"const": "animation"}}},
+                    "then": {"properties": {"format": {"enum": ["gif", "webp", None]}}},
+                },
+                {
+                    "if": {"required": ["output"], "properties": {"output": {"enum": ["strip", "frames"]}}},
+                    "then": {"properties": {"format": {"enum": ["png", "jpeg", "webp", None]}}},
+                },
+            ],
         },
     )
 
     seeds: list[Seed] | None = Field(
-        default=None, description="Waypoints given as seeds (shortcut for waypoints)"
+        default=None, min_length=2, description="Waypoints given as seeds (shortcut for waypoints)"
     )
     waypoints: list[Waypoint] | None = Field(
-        default=None, description="Waypoints: {'seed': s} or {'latent': [...]}"
+        default=None, min_length=2, description="Waypoints: {'seed': s} or {'latent': [...]}"
     )
     steps: int = Field(default=8, ge=1, description="Frames per segment (at most FACES_MAX_STEPS)")
     method: Literal["slerp", "lerp"] = Field(
@@ -145,13 +223,31 @@ class InterpolateRequest(BaseModel):
     fps: int = Field(default=12, ge=1, le=50, description="Frames per second of an animation")
     quality: int = Field(default=90, ge=1, le=100, description="JPEG / WebP quality")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _two_waypoints(cls, data: Any) -> Any:
+        # before field validation, so that one seed reads as this rule and not as a list length
+        if isinstance(data, dict):
+            points = data.get("seeds") if data.get("seeds") is not None else data.get("waypoints")
+            if isinstance(points, list) and len(points) < 2:
+                raise rule("an interpolation needs at least two waypoints")
+        return data
+
     @model_validator(mode="after")
-    def _waypoints(self) -> InterpolateRequest:
+    def _rules(self) -> InterpolateRequest:
         if (self.seeds is None) == (self.waypoints is None):
-            raise ValueError("give exactly one of 'seeds' or 'waypoints'")
-        if len(self.points) < 2:
-            raise ValueError("an interpolation needs at least two waypoints")
+            raise rule("give exactly one of 'seeds' or 'waypoints'")
+        fmt = self.file_format
+        if self.output == "animation" and fmt not in ("gif", "webp"):
+            raise rule(f"format {fmt!r} cannot hold an animation; choose gif or webp")
+        if self.output != "animation" and fmt not in ("png", "jpeg", "webp"):
+            raise rule(f"format {fmt!r} is for animations; output={self.output!r} takes png, jpeg or webp")
         return self
+
+    @property
+    def file_format(self) -> str:
+        """`format`, or the output's default."""
+        return self.format or ("gif" if self.output == "animation" else "png")
 
     @property
     def points(self) -> list[Waypoint]:
@@ -168,8 +264,11 @@ class InterpolateResponse(BaseModel):
     method: str
     loop: bool
     steps: int
+    n_frames: int = Field(description="Frames of the path")
     seeds: list[int | None] = Field(description="Seed of each waypoint; null for explicit latents")
-    frames: list[str] = Field(description="Encoded frames, base64")
+    frames: list[Encoded] = Field(
+        description="output=frames: each frame; otherwise one entry, the animation or the strip"
+    )
 
 
 # ---------------------------------------------------------------------------- /latents, /models, health
@@ -199,9 +298,9 @@ class ModelInfo(BaseModel):
         description="Per resolution on the CPU provider: the convolution layout chosen at start-up "
         "(nchwc or nchw, see FACES_CPU_LAYOUT)",
     )
-    latent: dict[str, Any] = {}
-    provenance: dict[str, Any] = {}
-    metrics: dict[str, Any] = {}
+    latent: LatentSpec | None = None
+    provenance: Provenance | None = None
+    metrics: dict[str, dict[str, Any]] = {}
 
 
 class ModelsResponse(BaseModel):
@@ -214,5 +313,14 @@ class Status(BaseModel):
     models: list[str] | None = None
 
 
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
 class ErrorResponse(BaseModel):
+    """Every error: a readable `detail`; a 422 also lists each problem in `errors`."""
+
     detail: str
+    errors: list[ErrorItem] | None = None

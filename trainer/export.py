@@ -13,7 +13,7 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -22,6 +22,19 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
+from contract.manifest import (
+    MANIFEST_FILE,
+    SCHEMA_VERSION,
+    Architecture,
+    FileEntry,
+    InputSpec,
+    LatentSpec,
+    Manifest,
+    OutputSpec,
+    Provenance,
+    WeightsEntry,
+    sha256_of,
+)
 from trainer.checkpoint import (
     MODEL_CHECKPOINT,
     CheckpointError,
@@ -30,7 +43,6 @@ from trainer.checkpoint import (
     save_model_checkpoint,
 )
 from trainer.config import TrainConfig, locate, schedule
-from trainer.manifest import SCHEMA_VERSION, validate_manifest
 from trainer.networks import EqualizedConv2d, EqualizedLinear, Generator, PixelNorm, res_key
 
 log = logging.getLogger(__name__)
@@ -272,14 +284,6 @@ def fp16_storage_error(
 # ---------------------------------------------------------------------------- model folder
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def dataset_label(data: str | None, index: dict[str, Any] | None = None) -> str:
     """The data set's folder and its parent ("celeba/img_align_celeba"): the training machine's absolute
     path means nothing to the people who read a manifest. A prepare-data archive names its sources."""
@@ -321,7 +325,7 @@ def checkpoint_alpha(lg: LoadedGenerator) -> float:
 @dataclass
 class ExportResult:
     out: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     modules: dict[int, nn.Module]  # the torch reference of each exported graph (fp16-rounded weights)
 
 
@@ -383,7 +387,7 @@ def export_model(
     tmp.chmod(0o755)  # mkdtemp makes it 0700: a service running as another user could not read it
     try:
         store = WeightStore(tmp / WEIGHTS_FILE)
-        files: dict[str, Any] = {}
+        files: dict[int, FileEntry] = {}
         modules: dict[int, nn.Module] = {}
         for r in wanted:
             head = heads.get(r)
@@ -398,57 +402,48 @@ def export_model(
         for r in wanted:
             fname = f"G_{r}.onnx"
             onnx.checker.check_model(str(tmp / fname), full_check=True)
-            files[str(r)] = {
-                "file": fname,
-                "sha256": sha256_file(tmp / fname),
-                "bytes": (tmp / fname).stat().st_size,
-            }
+            files[r] = FileEntry(
+                file=fname, sha256=sha256_of(tmp / fname), bytes=(tmp / fname).stat().st_size
+            )
         st = lg.state
         mean_err, max_err = fp16_storage_error(G32, G, top, lg.z_dim)
-        weights = {
-            "file": WEIGHTS_FILE,
-            "sha256": sha256_file(tmp / WEIGHTS_FILE),
-            "bytes": (tmp / WEIGHTS_FILE).stat().st_size,
-            "dtype": "float16",
-            "fp16_vs_fp32_grey_levels": {"mean": round(mean_err, 4), "max": max_err, "res": top},
-        }
-        manifest: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "name": name or out.name,
-            "z_dim": lg.z_dim,
-            "latent": {
-                "distribution": "normal",
-                "mean": 0.0,
-                "std": 1.0,
-                "rng": "numpy.random.default_rng(seed).standard_normal(z_dim, dtype=numpy.float32)",
-                "normalized_in_graph": lg.arch == "progan",
-            },
-            "input": {"name": INPUT, "dtype": "float32", "shape": ["N", lg.z_dim]},
-            "output": {"name": OUTPUT, "dtype": "uint8", "shape": ["N", "R", "R", 3], "layout": "NHWC"},
-            "resolutions": files,
-            "weights": weights,
-            "opset": OPSET,
-            "consistency": report,
-            "provenance": {
-                "architecture": lg.arch,
-                "dataset": f"{dataset_label(st.get('data'), st.get('data_index'))} "
+        weights = WeightsEntry(
+            file=WEIGHTS_FILE,
+            sha256=sha256_of(tmp / WEIGHTS_FILE),
+            bytes=(tmp / WEIGHTS_FILE).stat().st_size,
+            dtype="float16",
+            fp16_vs_fp32_grey_levels={"mean": round(mean_err, 4), "max": max_err, "res": top},
+        )
+        manifest = Manifest(
+            schema_version=SCHEMA_VERSION,
+            name=name or out.name,
+            z_dim=lg.z_dim,
+            latent=LatentSpec(normalized_in_graph=lg.arch == "progan"),
+            input=InputSpec(name=INPUT, shape=("N", lg.z_dim)),
+            output=OutputSpec(name=OUTPUT),
+            resolutions=files,
+            weights=weights,
+            opset=OPSET,
+            consistency=report,
+            provenance=Provenance(
+                architecture=cast(Architecture, lg.arch),
+                dataset=f"{dataset_label(st.get('data'), st.get('data_index'))} "
                 f"({st.get('num_images', '?')} images)",
-                "license": dataset_licence(str(st.get("data", "")), st.get("data_index")),
-                "kimg": round(float(st.get("kimg", 0.0)), 3),
-                "preset": st.get("train_cfg", {}).get("preset", "unknown"),
-                "commit": st.get("commit", "unknown"),
-                "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-                "checkpoint": str(Path(checkpoint).name),
-                "net_config": asdict(lg.net_cfg),
-                "trainer_config": st.get("train_cfg", {}),
-            },
-            "metrics": {str(m["resolution"]): m for m in (metrics or [])},
-        }
-        manifest["total_bytes"] = weights["bytes"] + sum(f["bytes"] for f in files.values())
-        validate_manifest(manifest)
+                license=dataset_licence(str(st.get("data", "")), st.get("data_index")),
+                kimg=round(float(st.get("kimg", 0.0)), 3),
+                preset=st.get("train_cfg", {}).get("preset", "unknown"),
+                commit=st.get("commit", "unknown"),
+                date=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+                checkpoint=str(Path(checkpoint).name),
+                net_config=asdict(lg.net_cfg),
+                trainer_config=st.get("train_cfg", {}),
+            ),
+            metrics={str(m["resolution"]): m for m in (metrics or [])},
+            total_bytes=weights.bytes + sum(f.bytes for f in files.values()),
+        )
         if all(k in st for k in ("G", "D", "G_ema")) and with_checkpoint:
             save_model_checkpoint(st, tmp / MODEL_CHECKPOINT)  # for `train --resume models/NAME`
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / MANIFEST_FILE).write_text(manifest.to_json())
         if out.exists():  # --force: swap in, then drop the old one
             for f in out.iterdir():  # a model card, notes, evaluate's reports: not ours to lose
                 keep = f.suffix != ".onnx" and f.name != MODEL_CHECKPOINT  # never a stale checkpoint
@@ -519,7 +514,7 @@ def run(a: argparse.Namespace) -> int:
         raise
     m = result.manifest
     print(
-        f"exported {m['name']} to {result.out}: resolutions {', '.join(m['resolutions'])}, "
-        f"{m['total_bytes'] / 1e6:.2f} MB"
+        f"exported {m.name} to {result.out}: resolutions {', '.join(map(str, m.resolutions))}, "
+        f"{m.total_bytes / 1e6:.2f} MB"
     )
     return 0

@@ -1,38 +1,12 @@
-"""Latents: the documented seed -> z mapping, truncation, and interpolation paths."""
+"""Interpolation paths between latents (the seed -> z rule itself is part of the contract: contract/latents.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 
-SEED_MAX = 2**32 - 1
-RNG_DOC = "z = numpy.random.default_rng(seed).standard_normal(z_dim, dtype=numpy.float32)"
-TRUNCATION_DOC = (
-    "with truncation t: while any |z[i]| > t, redraw those entries, in index order, "
-    "from the same generator: z[mask] = rng.standard_normal(mask.sum(), dtype=numpy.float32)"
-)
-
 Method = Literal["slerp", "lerp"]
-
-
-def z_for_seed(seed: int, z_dim: int, truncation: float | None = None) -> np.ndarray:
-    """The latent a seed maps to, [z_dim] float32; see RNG_DOC and TRUNCATION_DOC."""
-    assert 0 <= seed <= SEED_MAX, f"seed {seed} outside 0..{SEED_MAX}"
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal(z_dim, dtype=np.float32)
-    if truncation is not None:
-        mask = np.abs(z) > truncation
-        while mask.any():
-            z[mask] = rng.standard_normal(int(mask.sum()), dtype=np.float32)
-            mask = np.abs(z) > truncation
-    return z
-
-
-def z_for_seeds(seeds: Sequence[int], z_dim: int, truncation: float | None = None) -> np.ndarray:
-    """[len(seeds), z_dim] float32."""
-    return np.stack([z_for_seed(s, z_dim, truncation) for s in seeds])
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

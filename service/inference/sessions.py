@@ -2,59 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from contract import Manifest
 from service.config import Settings
 from service.errors import InvalidInput, Unavailable
-from service.inference.batching import InferenceScheduler, MicroBatcher
-from service.inference.manifest import Manifest, ModelLoadError, read_manifest, verify_files
+from service.inference.batching import BatcherStopped, InferenceScheduler, MicroBatcher
+from service.inference.manifest import ModelLoadError, load_manifest
+from service.inference.providers import execution_providers
 from service.metrics import Metrics
 
 log = logging.getLogger("service")
 
 
 # ---------------------------------------------------------------------------- onnxruntime set-up
-
-
-def execution_providers(settings: Settings) -> list[str | tuple[str, dict[str, Any]]]:
-    """FACES_PROVIDERS filtered by what this onnxruntime build offers, CUDA options attached."""
-    available = ort.get_available_providers()
-    chosen = [p for p in settings.providers if p in available]
-    skipped = [p for p in settings.providers if p not in available]
-    if settings.require_provider and settings.providers and settings.providers[0] not in available:
-        raise ModelLoadError(
-            f"FACES_REQUIRE_PROVIDER is on but this onnxruntime does not offer {settings.providers[0]} "
-            f"(it offers {', '.join(available)})"
-        )
-    if skipped:
-        log.warning("providers not offered by this onnxruntime build, skipped: %s", ", ".join(skipped))
-    if not chosen:
-        raise ModelLoadError(
-            f"none of FACES_PROVIDERS ({', '.join(settings.providers)}) is available; "
-            f"onnxruntime offers {', '.join(available)}"
-        )
-    out: list[str | tuple[str, dict[str, Any]]] = []
-    for name in chosen:
-        if name == "CUDAExecutionProvider":
-            options: dict[str, Any] = {
-                "device_id": settings.cuda_device_id,
-                "cudnn_conv_algo_search": settings.cudnn_conv_algo_search,
-            }
-            if settings.cuda_mem_limit:
-                options["gpu_mem_limit"] = settings.cuda_mem_limit
-            out.append((name, options))
-        else:
-            out.append(name)
-    return out
 
 
 def session_options(settings: Settings) -> ort.SessionOptions:
@@ -121,7 +92,7 @@ def probe_min_rows(run: Callable[[np.ndarray], np.ndarray], z_dim: int, res: int
 # ---------------------------------------------------------------------------- models
 
 
-@dataclass
+@dataclass(frozen=True)
 class Graph:
     """One resolution's session."""
 
@@ -149,13 +120,13 @@ class Graph:
         return out[:rows]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Model:
     name: str
     folder: Path
     manifest: Manifest
     graphs: dict[int, Graph]
-    batchers: dict[int, MicroBatcher] = field(default_factory=dict)
+    batchers: dict[int, MicroBatcher]  # each graph's queue on the inference threads
 
     @property
     def resolutions(self) -> list[int]:
@@ -178,7 +149,10 @@ class Model:
 
     async def generate(self, res: int, z: np.ndarray) -> np.ndarray:
         """[N, z_dim] -> [N, res, res, 3] uint8, through the micro-batcher."""
-        return await self.batchers[res].infer(z)
+        try:
+            return await self.batchers[res].infer(z)
+        except BatcherStopped as exc:  # caught by a shutdown: the client may retry on another replica
+            raise Unavailable(str(exc)) from None
 
 
 @dataclass
@@ -188,10 +162,13 @@ class BrokenModel:
     error: str
 
 
-def load_model(folder: Path, settings: Settings, providers: list[Any]) -> Model:
-    """Read and verify one model folder, create and warm up its sessions; ModelLoadError names the file."""
-    manifest = read_manifest(folder)
-    verify_files(folder, manifest)
+BatcherFactory = Callable[[str, Graph], MicroBatcher]  # (model name, graph) -> its queue
+
+
+def load_model(folder: Path, settings: Settings, providers: list[Any], batcher: BatcherFactory) -> Model:
+    """Read and verify one model folder, create and warm up its sessions and give each its queue;
+    ModelLoadError names the file."""
+    manifest = load_manifest(folder)
     opts = session_options(settings)
     graphs: dict[int, Graph] = {}
     for res, entry in sorted(manifest.resolutions.items()):
@@ -232,7 +209,8 @@ def load_model(folder: Path, settings: Settings, providers: list[Any]) -> Model:
             )
             graph.run(np.zeros((settings.warmup_batch, manifest.z_dim), np.float32))  # warm-up
             if not settings.min_run_batch:
-                graph.min_rows = probe_min_rows(graph.run, manifest.z_dim, res, settings.max_batch)
+                rows = probe_min_rows(graph.run, manifest.z_dim, res, settings.max_batch)
+                graph = dataclasses.replace(graph, min_rows=rows)
         except Exception as exc:
             raise ModelLoadError(f"{path}: warm-up run failed ({type(exc).__name__}: {exc})") from None
         wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
@@ -253,7 +231,8 @@ def load_model(folder: Path, settings: Settings, providers: list[Any]) -> Model:
             graph.min_rows,
         )
         graphs[res] = graph
-    return Model(folder.name, folder, manifest, graphs)
+    batchers = {res: batcher(folder.name, g) for res, g in graphs.items()}
+    return Model(folder.name, folder, manifest, graphs, batchers)
 
 
 def model_folders(model_dir: Path) -> list[Path]:
@@ -284,17 +263,37 @@ class ModelRepository:
         self.default = default
 
     @classmethod
-    def load(cls, settings: Settings) -> ModelRepository:
-        """Load every model folder; raises ModelLoadError when none can serve."""
+    def load(cls, settings: Settings, scheduler: InferenceScheduler, metrics: Metrics) -> ModelRepository:
+        """Load every model folder, each graph with its queue on `scheduler`'s inference threads;
+        raises ModelLoadError when none can serve."""
         providers = execution_providers(settings)
+
+        def batcher(name: str, graph: Graph) -> MicroBatcher:
+            labels = (name, str(graph.res))
+            metrics.provider.labels(*labels, graph.provider).set(1)
+            return scheduler.batcher(
+                graph.run,
+                max_batch=settings.max_batch,
+                max_wait_s=settings.max_wait_ms / 1000,
+                batching=settings.batching,
+                observe=_observer(metrics, labels),
+                queue_depth=metrics.queue_depth.labels(*labels).inc,
+                rejected=metrics.rejections(*labels),
+                max_queue_rows=settings.max_queue_rows,
+                max_queue_wait_s=settings.max_queue_wait_ms / 1000,
+                name=f"model {name!r} at {graph.res}x{graph.res}",
+            )
+
         models: dict[str, Model] = {}
         broken: dict[str, BrokenModel] = {}
         for folder in model_folders(settings.model_dir):
             try:
-                models[folder.name] = load_model(folder, settings, providers)
+                models[folder.name] = load_model(folder, settings, providers, batcher)
+                metrics.model_up.labels(folder.name).set(1)
             except ModelLoadError as exc:
                 log.error("model %s is unavailable: %s", folder.name, exc)
                 broken[folder.name] = BrokenModel(folder.name, folder, str(exc))
+                metrics.model_up.labels(folder.name).set(0)
         if not models:
             raise ModelLoadError("no model can be served: " + "; ".join(b.error for b in broken.values()))
         default = settings.default_model
@@ -304,24 +303,6 @@ class ModelRepository:
             default = first
         return cls(models, broken, default)
 
-    def start(self, settings: Settings, scheduler: InferenceScheduler, metrics: Metrics) -> None:
-        """Give every graph a micro-batcher queue on the scheduler's inference threads."""
-        for model in self.models.values():
-            metrics.model_up.labels(model.name).set(1)
-            for res, graph in model.graphs.items():
-                labels = (model.name, str(res))
-                metrics.provider.labels(*labels, graph.provider).set(1)
-                model.batchers[res] = scheduler.batcher(
-                    graph.run,
-                    max_batch=settings.max_batch,
-                    max_wait_s=settings.max_wait_ms / 1000,
-                    batching=settings.batching,
-                    observe=_observer(metrics, labels),
-                    queue_depth=metrics.queue_depth.labels(*labels).inc,
-                )
-        for name in self.broken:
-            metrics.model_up.labels(name).set(0)
-
     def get(self, name: str | None) -> Model:
         """The named model (default when None); 422 if unknown, 503 if it failed to load."""
         name = name or self.default
@@ -330,6 +311,11 @@ class ModelRepository:
         if name in self.broken:
             raise Unavailable(f"model {name!r} is unavailable: {self.broken[name].error}")
         raise InvalidInput(f"unknown model {name!r}; available: {', '.join(sorted(self.models))}")
+
+    def resolve(self, name: str | None, res: int | None) -> tuple[Model, int]:
+        """The model and resolution a request asks for, defaults filled in; 422 / 503 as `get`."""
+        model = self.get(name)
+        return model, model.check_res(res)
 
 
 def _observer(metrics: Metrics, labels: tuple[str, str]) -> Any:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query
 from fastapi.responses import Response
 
 from service.deps import PipelineDep
-from service.errors import InvalidInput
-from service.schemas import ErrorResponse, GenerateQuery, GenerateRequest, GenerateResponse, ImageOut
+from service.errors import error_responses
+from service.schemas import GenerateQuery, GenerateRequest, GenerateResponse
 
 router = APIRouter(tags=["generate"])
 
@@ -19,17 +18,14 @@ IMAGE_CONTENT: dict[str, Any] = {
 }
 
 
-def merge(query: GenerateQuery, body: GenerateRequest | None) -> GenerateRequest:
-    """Query parameters and body fields together; a field given in both must agree."""
-    given = query.model_dump(exclude_unset=True)
-    if body is not None:
-        for key, value in body.model_dump(exclude_unset=True).items():
-            if key in given and given[key] != value:
-                raise InvalidInput(
-                    f"{key!r} is given in both the query string and the body, with different values"
-                )
-            given[key] = value
-    return GenerateRequest.model_validate(given)
+def image_response(out: GenerateResponse) -> Response:
+    """One image (or grid) as its bytes, what made it in headers."""
+    headers = {"X-Model": out.model, "X-Resolution": str(out.res)}
+    if all(s is not None for s in out.seeds):
+        headers["X-Seed" if len(out.seeds) == 1 else "X-Seeds"] = ",".join(map(str, out.seeds))
+    if out.truncation is not None:
+        headers["X-Truncation"] = str(out.truncation)
+    return Response(out.images[0].data, media_type=out.media_type, headers=headers)
 
 
 @router.post(
@@ -42,10 +38,7 @@ def merge(query: GenerateQuery, body: GenerateRequest | None) -> GenerateRequest
             "Several: JSON with base64 images and their seeds, or one grid image with layout=grid.",
             "content": IMAGE_CONTENT,
         },
-        401: {"model": ErrorResponse},
-        413: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
-        503: {"model": ErrorResponse},
+        **error_responses(400, 413, 415, 422, 503),
     },
 )
 async def generate(
@@ -57,23 +50,6 @@ async def generate(
 
     Image *i* uses seed `seed + i`; the z a seed maps to is documented at `GET /latents/{seed}`.
     """
-    out = await pipeline.generate(merge(query, body))
-    if out.single:
-        headers = {"X-Model": out.model, "X-Resolution": str(out.res)}
-        if all(s is not None for s in out.seeds):
-            headers["X-Seed" if len(out.seeds) == 1 else "X-Seeds"] = ",".join(map(str, out.seeds))
-        if out.truncation is not None:
-            headers["X-Truncation"] = str(out.truncation)
-        return Response(out.images[0], media_type=out.media_type, headers=headers)
-    images = [
-        ImageOut(seed=s, data=base64.b64encode(b).decode())
-        for s, b in zip(out.seeds, out.images, strict=True)
-    ]
-    return GenerateResponse(
-        model=out.model,
-        res=out.res,
-        format=out.format,
-        media_type=out.media_type,
-        truncation=out.truncation,
-        images=images,
-    )
+    req = GenerateRequest.merged(query, body)
+    out = await pipeline.generate(req)
+    return image_response(out) if len(out.images) == 1 and req.layout != "json" else out

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 
 from service.deps import PipelineDep
-from service.schemas import ErrorResponse, InterpolateRequest, InterpolateResponse
+from service.errors import error_responses
+from service.schemas import InterpolateRequest, InterpolateResponse
 
 router = APIRouter(tags=["generate"])
 
@@ -27,10 +27,7 @@ router = APIRouter(tags=["generate"])
                 for t in ("image/gif", "image/webp", "image/png", "image/jpeg")
             },
         },
-        401: {"model": ErrorResponse},
-        413: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
-        503: {"model": ErrorResponse},
+        **error_responses(400, 413, 415, 422, 503),
     },
 )
 async def interpolate(pipeline: PipelineDep, req: InterpolateRequest) -> Any:
@@ -41,16 +38,6 @@ async def interpolate(pipeline: PipelineDep, req: InterpolateRequest) -> Any:
     """
     out = await pipeline.interpolate(req)
     if req.output == "frames":
-        return InterpolateResponse(
-            model=out.model,
-            res=out.res,
-            format=out.format,
-            media_type=out.media_type,
-            method=req.method,
-            loop=req.loop,
-            steps=req.steps,
-            seeds=out.seeds,
-            frames=[base64.b64encode(f).decode() for f in out.frames],
-        )
+        return out
     headers = {"X-Model": out.model, "X-Resolution": str(out.res), "X-Frames": str(out.n_frames)}
     return Response(out.frames[0], media_type=out.media_type, headers=headers)

@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
+from contract import RNG_DOC, SEED_MAX, TRUNCATION_DOC, z_for_seed
 from service.deps import RepoDep
-from service.inference.latents import RNG_DOC, SEED_MAX, TRUNCATION_DOC, z_for_seed
-from service.schemas import ErrorResponse, LatentResponse, Truncation
+from service.errors import error_responses
+from service.schemas import LatentResponse, Truncation
 
 router = APIRouter(tags=["latents"])
 
@@ -19,7 +20,7 @@ router = APIRouter(tags=["latents"])
     description=f"z for `seed`, reproducible without the service: `{RNG_DOC}`; {TRUNCATION_DOC}. "
     "Edit it (add, average, scale) and send it back as `latents` to /generate or as a waypoint to /interpolate.",
     response_model=LatentResponse,
-    responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    responses=error_responses(422, 503),
 )
 async def latent(
     repo: RepoDep,

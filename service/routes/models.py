@@ -5,12 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.deps import RepoDep
+from service.errors import error_responses
 from service.schemas import ModelInfo, ModelsResponse
 
 router = APIRouter(tags=["models"])
 
 
-@router.get("/models", summary="Models, resolutions and where they run", response_model=ModelsResponse)
+@router.get(
+    "/models",
+    summary="Models, resolutions and where they run",
+    response_model=ModelsResponse,
+    responses=error_responses(503),
+)
 async def list_models(repo: RepoDep) -> ModelsResponse:
     """Every model found at start-up, with its manifest's provenance and metrics; broken ones as unavailable."""
     infos = []

@@ -1,4 +1,5 @@
-"""Service fixtures: settings and clients over the tiny model that tests/conftest.py trains and exports."""
+"""Service fixtures: settings and clients over tests/service/fixtures/tiny, a hand-built model of a few KB
+(scripts/make_service_fixture.py writes it): the service tests need neither torch nor the face data."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ BASE: dict[str, Any] = dict(
     max_waypoints=4,
     max_body_bytes=64 * 1024,
     warmup_batch=1,
+    max_queue_rows=512,
+    max_queue_wait_ms=2000,
 )
 
 
@@ -52,11 +55,14 @@ def _no_faces_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiny"  # 4, 8, 16 px; z_dim 32
+
+
 @pytest.fixture(scope="session")
-def models_root(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder holding only `tiny` (a copy: tests that break models copy this again)."""
     root = tmp_path_factory.mktemp("service-models")
-    shutil.copytree(tiny_model_dir, root / "tiny")
+    shutil.copytree(FIXTURE, root / "tiny")
     return root
 
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from service.inference.latents import z_for_seed
+from contract import z_for_seed
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -185,7 +185,7 @@ def test_latents_round_trip(client: TestClient) -> None:
         ("/generate", {"latents": [[0.5] * 33]}, ["33"]),
         ("/generate", {"latents": [[1e39] * 32]}, ["latents"]),
         ("/generate", {"latents": [[0.5] * 32] * 9}, ["9 latents", "FACES_MAX_N"]),
-        ("/generate", {"latents": []}, ["empty"]),
+        ("/generate", {"latents": []}, ["latents", "at least 1"]),
         ("/generate", {"latents": [[0.5] * 32], "seed": 1}, ["seed", "latents"]),
         ("/generate", {"latents": [[0.5] * 32], "truncation": 0.7}, ["truncation"]),
         ("/generate", {"latents": [[0.5] * 32], "n": 2}, ["n=2"]),
@@ -205,10 +205,14 @@ def test_generate_latents_not_finite(client: TestClient, token: str) -> None:
     )
 
 
-def test_generate_malformed_json(client: TestClient) -> None:
+@pytest.mark.parametrize("path", ["/generate", "/interpolate"])
+def test_malformed_json_is_400_and_a_form_body_is_415(client: TestClient, path: str) -> None:
+    json_header = {"content-type": "application/json"}
     assert_error(
-        client.post("/generate", content=b"{not json", headers={"content-type": "application/json"}), 422
+        client.post(path, content=b"{not json", headers=json_header), 400, "not valid JSON", "character 1"
     )
+    form = {"content-type": "application/x-www-form-urlencoded"}  # curl -d without -H
+    assert_error(client.post(path, content=b'{"seeds": [1, 2]}', headers=form), 415, "application/json")
 
 
 def test_body_too_large(client: TestClient) -> None:

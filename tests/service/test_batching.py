@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from contract import z_for_seeds
 from service.config import Settings
 from service.inference.batching import BatcherStopped, InferenceScheduler, MicroBatcher
-from service.inference.latents import z_for_seeds
 from service.inference.sessions import ModelRepository, probe_min_rows
 from service.main import create_app
+from service.metrics import Metrics
 
 # 32 requests: seeds, sizes, formats, resolutions, truncation and explicit layouts mixed
 REQUESTS = [
@@ -32,7 +33,7 @@ def run_batched_graph(
     models_root: Path, settings: Settings, sizes: list[int]
 ) -> tuple[list[np.ndarray], list[int], np.ndarray]:
     """Submit len(sizes) concurrent requests to one graph's batcher; results, rows per run, and z."""
-    repo = ModelRepository.load(settings)
+    repo = ModelRepository.load(settings, InferenceScheduler(1), Metrics())
     graph = repo.get("tiny").graphs[16]
     z = z_for_seeds(range(sum(sizes)), 32)
     runs: list[int] = []
@@ -63,7 +64,7 @@ def test_batcher_merges_and_splits(models_root: Path, make_settings: Callable[..
     outs, runs, z = run_batched_graph(models_root, settings, sizes)
     assert sum(runs) == 27 and max(runs) <= 8
     assert len(runs) < len(sizes) + 1  # merged: fewer runs than chunks
-    graph = ModelRepository.load(settings).get("tiny").graphs[16]
+    graph = ModelRepository.load(settings, InferenceScheduler(1), Metrics()).get("tiny").graphs[16]
     alone = np.concatenate([graph.run(z[i : i + 1]) for i in range(len(z))])
     assert np.array_equal(np.concatenate(outs), alone)
     assert [len(o) for o in outs] == sizes

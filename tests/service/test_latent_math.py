@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.inference.latents import frame_count, interpolation_path, lerp, slerp, z_for_seed
+from contract import z_for_seed
+from service.inference.latents import frame_count, interpolation_path, lerp, slerp
 
 
 def test_z_is_the_documented_numpy_draw() -> None:

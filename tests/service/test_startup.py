@@ -44,6 +44,8 @@ def break_onnx(folder: Path) -> Path:
     manifest["resolutions"]["16"].update(
         sha256=hashlib.sha256(path.read_bytes()).hexdigest(), bytes=path.stat().st_size
     )
+    files = [*manifest["resolutions"].values(), manifest["weights"]]
+    manifest["total_bytes"] = sum(f["bytes"] for f in files)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return path
 

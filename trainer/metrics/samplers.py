@@ -3,7 +3,6 @@ manifest.json), both as uint8 [N, R, R, 3] from z = default_rng(seed).standard_n
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,20 +76,15 @@ class OnnxSampler(_ModelSampler):
     """An exported model folder: one ONNX graph per resolution, described by manifest.json."""
 
     def __post_init__(self) -> None:
-        mpath = self.path / "manifest.json"
-        try:
-            self.manifest = json.loads(mpath.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ModelError(f"cannot read {mpath}: {e}") from e
-        from trainer.manifest import ManifestError, validate_manifest
+        from contract import ManifestError, read_manifest  # pydantic: only where a model folder is read
 
         try:
-            validate_manifest(self.manifest)
+            self.manifest = read_manifest(self.path)
         except ManifestError as e:
-            raise ModelError(f"{mpath}: {e}") from e
-        self.z_dim = int(self.manifest["z_dim"])
-        self.resolutions = sorted(int(r) for r in self.manifest["resolutions"])
-        self.arch = str(self.manifest.get("provenance", {}).get("architecture", "unknown"))
+            raise ModelError(str(e)) from e
+        self.z_dim = self.manifest.z_dim
+        self.resolutions = sorted(self.manifest.resolutions)
+        self.arch = self.manifest.provenance.architecture
         self._sessions: dict[int, Any] = {}
 
     def _session(self, res: int) -> Any:
@@ -99,7 +93,7 @@ class OnnxSampler(_ModelSampler):
 
             wanted = ["CUDAExecutionProvider"] if self.device.startswith("cuda") else []
             providers = [p for p in wanted if p in ort.get_available_providers()] + ["CPUExecutionProvider"]
-            f = self.path / self.manifest["resolutions"][str(res)]["file"]
+            f = self.path / self.manifest.resolutions[res].file
             try:
                 self._sessions[res] = ort.InferenceSession(str(f), providers=providers)
             except Exception as e:  # onnxruntime raises its own exception types for bad or missing files
@@ -108,17 +102,16 @@ class OnnxSampler(_ModelSampler):
 
     def __call__(self, z: np.ndarray, res: int) -> np.ndarray:
         sess = self._session(res)
-        (img,) = sess.run([self.manifest["output"]["name"]], {self.manifest["input"]["name"]: z})
+        (img,) = sess.run([self.manifest.output.name], {self.manifest.input.name: z})
         return np.asarray(img)
 
     def describe(self) -> dict[str, Any]:
-        prov = self.manifest.get("provenance", {})
         return {
             "kind": "onnx",
             "path": str(self.path),
-            "name": self.manifest.get("name"),
+            "name": self.manifest.name,
             "arch": self.arch,
-            "kimg": prov.get("kimg"),
+            "kimg": self.manifest.provenance.kimg,
         }
 
 
