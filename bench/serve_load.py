@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,7 +57,7 @@ from contract import (  # noqa: E402
     OutputSpec,
     Provenance,
     WeightsEntry,
-    sha256_of,
+    total_bytes,
 )
 
 # ---------------------------------------------------------------------------- model
@@ -114,10 +116,8 @@ def export_bench_model(
     store.close()
     for res in resolutions:
         f = folder / f"G_{res}.onnx"
-        files[res] = FileEntry(file=f.name, sha256=sha256_of(f), bytes=f.stat().st_size)
-    weights = WeightsEntry(
-        file=WEIGHTS_FILE, sha256=sha256_of(store.path), bytes=store.path.stat().st_size, dtype="float16"
-    )
+        files[res] = FileEntry.of(f)
+    weights = WeightsEntry.of(store.path, dtype="float16")
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         name="bench",
@@ -137,7 +137,7 @@ def export_bench_model(
             commit="unknown",
             date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         ),
-        total_bytes=weights.bytes + sum(e.bytes for e in files.values()),
+        total_bytes=total_bytes(files, weights),
     )
     (folder / MANIFEST_FILE).write_text(manifest.to_json())
     return folder, modules
@@ -347,7 +347,7 @@ def free_port() -> int:
 
 
 def start_server(
-    models: Path, batching: bool, args: argparse.Namespace, extra: dict[str, str] | None = None
+    models: Path, batching: bool, args: argparse.Namespace, extra: dict[str, str]
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A `python -m service` process on a free port; `extra` settings override --env."""
     port = free_port()
@@ -363,7 +363,7 @@ def start_server(
         FACES_LOG_LEVEL="warning",
     )
     env.update(item.split("=", 1) for item in args.env)
-    env.update(extra or {})
+    env.update(extra)
     proc = subprocess.Popen(
         [sys.executable, "-m", "service"],
         cwd=REPO,
@@ -384,6 +384,25 @@ def start_server(
         time.sleep(0.3)
     proc.kill()
     raise SystemExit("server did not become ready")
+
+
+@contextlib.contextmanager
+def running_servers(
+    models: Path, args: argparse.Namespace, specs: dict[str, tuple[bool, dict[str, str]]]
+) -> Iterator[dict[str, str]]:
+    """{label: url} of one server per spec (label: (batching, extra settings)), stopped on the way out."""
+    procs: list[subprocess.Popen[bytes]] = []
+    servers: dict[str, str] = {}
+    try:
+        for label, (batching, extra) in specs.items():
+            proc, url = start_server(models, batching, args, extra)
+            procs.append(proc)
+            servers[label] = url
+        yield servers
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
 
 
 def run_load(servers: dict[str, str], args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -532,34 +551,19 @@ def main(argv: list[str] | None = None) -> int:
             print("exporting the bench model ...", flush=True)
             model_dir, modules = export_bench_model(Path(tmp), args.preset, args.res, args.checkpoint)
             if args.overload:
-                procs, servers = [], {}
-                try:
-                    for label, extra in overload_settings(args).items():
-                        proc, url = start_server(model_dir.parent, True, args, extra)
-                        procs.append(proc)
-                        servers[label] = url
+                specs = {label: (True, extra) for label, extra in overload_settings(args).items()}
+                with running_servers(model_dir.parent, args, specs) as servers:
                     report["overload"] = run_overload(servers, args)
-                finally:
-                    for proc in procs:
-                        proc.send_signal(signal.SIGTERM)
-                        proc.wait(timeout=60)
             elif not args.skip_generator:
                 print("generator alone (CPU):", flush=True)
                 report["generator"] = bench_generator(
                     model_dir, modules, args.res, args.gen_batches, args.threads, args.gen_seconds
                 )
             if not args.skip_load and not args.overload:
-                procs, servers = [], {}
-                try:
-                    for batching in (True, False):  # both up at once; the idle one costs nothing
-                        proc, url = start_server(model_dir.parent, batching, args)
-                        procs.append(proc)
-                        servers["batching on" if batching else "batching off"] = url
+                # both up at once; the idle one costs nothing
+                specs = {"batching on": (True, {}), "batching off": (False, {})}
+                with running_servers(model_dir.parent, args, specs) as servers:
                     report["load"] = run_load(servers, args)
-                finally:
-                    for proc in procs:
-                        proc.send_signal(signal.SIGTERM)
-                        proc.wait(timeout=60)
         print()
         if "generator" in report:
             print("## Generator alone: onnxruntime vs torch eager (same fp16-rounded weights, CPU)\n")

@@ -18,6 +18,7 @@ from contract.manifest import (
     json_schema,
     read_manifest,
     sha256_of,
+    total_bytes,
     verify_files,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "json_schema",
     "read_manifest",
     "sha256_of",
+    "total_bytes",
     "verify_files",
     "z_for_seed",
     "z_for_seeds",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -36,10 +36,18 @@ class _Open(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
+_Entry = TypeVar("_Entry", bound="FileEntry")
+
+
 class FileEntry(_Strict):
     file: SafeName = Field(description="File name inside the model folder")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=1)
+
+    @classmethod
+    def of(cls: type[_Entry], path: Path, **fields: Any) -> _Entry:
+        """The entry of the file at `path` as it is now (name, sha256, size), plus `fields`."""
+        return cls(file=path.name, sha256=sha256_of(path), bytes=path.stat().st_size, **fields)
 
 
 class WeightsEntry(FileEntry):
@@ -129,7 +137,7 @@ class Manifest(_Open):
     def _consistent(self) -> Manifest:
         if self.input.shape[1] != self.z_dim:
             raise ValueError(f"input.shape {list(self.input.shape)} does not match z_dim={self.z_dim}")
-        listed = sum(e.bytes for e in self.files())
+        listed = total_bytes(self.resolutions, self.weights)
         if self.total_bytes != listed:
             raise ValueError(f"total_bytes is {self.total_bytes}, the listed files hold {listed}")
         return self
@@ -140,6 +148,11 @@ class Manifest(_Open):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, exclude_none=True) + "\n"
+
+
+def total_bytes(resolutions: dict[int, FileEntry], weights: WeightsEntry) -> int:
+    """What `Manifest.total_bytes` must be: the bytes of the graphs and the shared weights."""
+    return weights.bytes + sum(e.bytes for e in resolutions.values())
 
 
 def json_schema() -> dict[str, Any]:

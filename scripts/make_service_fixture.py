@@ -33,7 +33,7 @@ from contract import (  # noqa: E402
     OutputSpec,
     Provenance,
     WeightsEntry,
-    sha256_of,
+    total_bytes,
 )
 
 Z_DIM = 32
@@ -116,9 +116,8 @@ def write(out: Path) -> Manifest:
         path = out / f"G_{res}.onnx"
         onnx.save_model(graph(res, stored), path)
         onnx.checker.check_model(str(path), full_check=True)
-        files[res] = FileEntry(file=path.name, sha256=sha256_of(path), bytes=path.stat().st_size)
-    w = out / WEIGHTS
-    weights_entry = WeightsEntry(file=WEIGHTS, sha256=sha256_of(w), bytes=w.stat().st_size, dtype="float16")
+        files[res] = FileEntry.of(path)
+    weights_entry = WeightsEntry.of(out / WEIGHTS, dtype="float16")
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
         name="tiny",
@@ -138,7 +137,7 @@ def write(out: Path) -> Manifest:
             commit="none",
             date=dt.datetime(2026, 11, 26, tzinfo=dt.timezone.utc).isoformat(),
         ),
-        total_bytes=weights_entry.bytes + sum(e.bytes for e in files.values()),
+        total_bytes=total_bytes(files, weights_entry),
     )
     (out / "manifest.json").write_text(manifest.to_json())
     return manifest

@@ -23,7 +23,14 @@ from onnx import helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from contract import MANIFEST_FILE, Manifest, ManifestError, read_manifest, sha256_of  # noqa: E402
+from contract import (  # noqa: E402
+    MANIFEST_FILE,
+    FileEntry,
+    Manifest,
+    ManifestError,
+    read_manifest,
+    total_bytes,
+)
 
 EPS = 1e-8
 
@@ -138,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
                 tmp.unlink()
                 sys.exit(f"error: {path}: the rewrite changed pixels by {diff.max()} grey levels")
             tmp.replace(path)
-            files[res] = entry.model_copy(update={"sha256": sha256_of(path), "bytes": path.stat().st_size})
+            files[res] = FileEntry.of(path)
             print(
                 f"{path}: {n} PixelNorm chains rewritten; {int((diff > 0).sum())} of {diff.size} values moved "
                 f"by one grey level over 512 latents"
             )
-        total = manifest.weights.bytes + sum(e.bytes for e in files.values())
+        total = total_bytes(files, manifest.weights)
         updated = Manifest.model_validate({**dict(manifest), "resolutions": files, "total_bytes": total})
         (folder / MANIFEST_FILE).write_text(updated.to_json())
     return 0

@@ -43,9 +43,13 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="
 _bearer = HTTPBearer(auto_error=False, description="One of FACES_API_KEYS, as a bearer token")
 
 
-def _check_key(
-    settings: Settings, header_key: str | None, bearer: HTTPAuthorizationCredentials | None
+def require_api_key(
+    settings: SettingsDep,
+    header_key: Annotated[str | None, Security(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
 ) -> None:
+    """401 unless the request carries one of FACES_API_KEYS. Installed (main.create_app) only on the routes
+    that need a key: every route when keys are set, the probes only with FACES_AUTH_PROBES too."""
     if not settings.api_keys:
         return
     given = header_key or (bearer.credentials if bearer else None)
@@ -58,22 +62,3 @@ def _check_key(
     matches = [secrets.compare_digest(given.encode(), key.encode()) for key in settings.api_keys]
     if not any(matches):
         raise Unauthorized("the API key is not valid", {"WWW-Authenticate": "Bearer"})
-
-
-def require_api_key(
-    settings: SettingsDep,
-    header_key: Annotated[str | None, Security(_api_key_header)],
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-) -> None:
-    """401 unless FACES_API_KEYS is empty or the request carries one of its keys."""
-    _check_key(settings, header_key, bearer)
-
-
-def require_api_key_for_probes(
-    settings: SettingsDep,
-    header_key: Annotated[str | None, Security(_api_key_header)],
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-) -> None:
-    """As require_api_key, for /healthz, /readyz and /metrics, only when FACES_AUTH_PROBES is on."""
-    if settings.auth_probes:
-        _check_key(settings, header_key, bearer)

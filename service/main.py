@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.config import Settings
-from service.deps import require_api_key, require_api_key_for_probes
+from service.deps import require_api_key
 from service.errors import error_responses, install_error_handlers
 from service.inference.batching import InferenceScheduler
 from service.inference.manifest import ModelLoadError
@@ -127,7 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     probes_keyed = keys and settings.auth_probes
     app.include_router(
         health.router,
-        dependencies=[Depends(require_api_key_for_probes)] if probes_keyed else [],
+        dependencies=[Depends(require_api_key)] if probes_keyed else [],
         responses=error_responses(401) if probes_keyed else None,
     )
 

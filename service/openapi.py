@@ -29,9 +29,15 @@ def models_line(repo: ModelRepository) -> str:
     return "; ".join(parts)
 
 
+def example_sizes(repo: ModelRepository) -> tuple[int, int]:
+    """The default model's largest resolution, and a small one (its third) for grids and strips."""
+    offered = repo.models[repo.default].resolutions
+    return offered[-1], offered[min(2, len(offered) - 1)]
+
+
 def generate_examples(repo: ModelRepository, s: Settings) -> list[dict[str, Any]]:
     m = repo.models[repo.default]
-    top, small = m.resolutions[-1], m.resolutions[min(2, len(m.resolutions) - 1)]
+    top, small = example_sizes(repo)
     latent = [round(float(v), 3) for v in z_for_seed(1, m.z_dim)]
     return [
         {"res": top, "seed": 42},
@@ -48,8 +54,7 @@ def generate_examples(repo: ModelRepository, s: Settings) -> list[dict[str, Any]
 
 
 def interpolate_examples(repo: ModelRepository, s: Settings) -> list[dict[str, Any]]:
-    m = repo.models[repo.default]
-    top, small = m.resolutions[-1], m.resolutions[min(2, len(m.resolutions) - 1)]
+    top, small = example_sizes(repo)
     points = min(3, s.max_waypoints)
     steps = max(1, min(12, s.max_steps, (s.max_frames - 1) // (points - 1)))
     loop_steps = max(1, min(16, s.max_steps, s.max_frames // 2))

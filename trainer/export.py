@@ -33,7 +33,7 @@ from contract.manifest import (
     OutputSpec,
     Provenance,
     WeightsEntry,
-    sha256_of,
+    total_bytes,
 )
 from trainer.checkpoint import (
     MODEL_CHECKPOINT,
@@ -402,15 +402,11 @@ def export_model(
         for r in wanted:
             fname = f"G_{r}.onnx"
             onnx.checker.check_model(str(tmp / fname), full_check=True)
-            files[r] = FileEntry(
-                file=fname, sha256=sha256_of(tmp / fname), bytes=(tmp / fname).stat().st_size
-            )
+            files[r] = FileEntry.of(tmp / fname)
         st = lg.state
         mean_err, max_err = fp16_storage_error(G32, G, top, lg.z_dim)
-        weights = WeightsEntry(
-            file=WEIGHTS_FILE,
-            sha256=sha256_of(tmp / WEIGHTS_FILE),
-            bytes=(tmp / WEIGHTS_FILE).stat().st_size,
+        weights = WeightsEntry.of(
+            tmp / WEIGHTS_FILE,
             dtype="float16",
             fp16_vs_fp32_grey_levels={"mean": round(mean_err, 4), "max": max_err, "res": top},
         )
@@ -439,7 +435,7 @@ def export_model(
                 trainer_config=st.get("train_cfg", {}),
             ),
             metrics={str(m["resolution"]): m for m in (metrics or [])},
-            total_bytes=weights.bytes + sum(f.bytes for f in files.values()),
+            total_bytes=total_bytes(files, weights),
         )
         if all(k in st for k in ("G", "D", "G_ema")) and with_checkpoint:
             save_model_checkpoint(st, tmp / MODEL_CHECKPOINT)  # for `train --resume models/NAME`

@@ -46,8 +46,9 @@ def execution_providers(settings: Settings) -> list[str | tuple[str, dict[str, A
             f"none of FACES_PROVIDERS ({', '.join(settings.providers)}) is available; "
             f"onnxruntime offers {', '.join(available)}"
         )
+    options = cuda_options(settings)
     if CUDA in chosen:
-        problem = cuda_problem(cuda_options(settings))
+        problem = cuda_problem(options)
         if problem:
             if settings.require_provider and settings.providers[0] == CUDA:
                 raise ModelLoadError(f"FACES_REQUIRE_PROVIDER is on but {CUDA} cannot work here: {problem}")
@@ -55,7 +56,7 @@ def execution_providers(settings: Settings) -> list[str | tuple[str, dict[str, A
             # onnxruntime falls back to the CPU provider even when the list does not name it
             chosen = chosen or [CPU]
             log.info("CUDA cannot work on this host, so sessions run on %s: %s", chosen[0], problem)
-    return [(name, cuda_options(settings)) if name == CUDA else name for name in chosen]
+    return [(name, options) if name == CUDA else name for name in chosen]
 
 
 def cuda_options(settings: Settings) -> dict[str, Any]:
