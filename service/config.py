@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     api_keys: CommaList = []  # accepted keys (X-API-Key or Authorization: Bearer); empty = auth off
     auth_probes: bool = False  # also require a key on /healthz, /readyz and /metrics
     cors_origins: CommaList = []  # allowed CORS origins; "*" for any; empty = no CORS headers
+    playground: bool = True  # serve the playground page at / (its files under /static)
 
     # --- server (python -m service)
     host: str = "0.0.0.0"

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 from service import __version__
 from service.config import Settings
@@ -21,7 +22,7 @@ from service.inference.sessions import ModelRepository
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.openapi import install_openapi
-from service.routes import generate, health, interpolate, latents, models
+from service.routes import generate, health, interpolate, latents, models, playground
 
 log = logging.getLogger("service")
 
@@ -32,6 +33,7 @@ Faces from ProGAN generators exported to ONNX, served with onnxruntime.
 * `POST /interpolate` walks between waypoints (animated GIF / WebP, a strip, or JSON frames)
 * `GET /latents/{seed}` the z a seed maps to, so clients can do latent arithmetic
 * `GET /models` what is loaded, at which resolutions, on which execution provider
+* `GET /` a playground page in the browser (FACES_PLAYGROUND)
 
 Errors are JSON: `{"detail": "..."}`. With FACES_API_KEYS set, send a key as `X-API-Key` or
 `Authorization: Bearer`. Settings: docs/service.md.
@@ -124,6 +126,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dependencies=[Depends(require_api_key)] if keys else [],
             responses=error_responses(401) if keys else None,
         )
+    if settings.playground:  # public: the page asks for a key itself when the API needs one
+        app.include_router(playground.router)
+        app.mount("/static", StaticFiles(directory=playground.STATIC), name="static")
     probes_keyed = keys and settings.auth_probes
     app.include_router(
         health.router,
