@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 
-.PHONY: install serve test lint typecheck docker-test bench clean
+.PHONY: install serve test lint typecheck browser browser-test docker-test bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check contract trainer service tests bench scripts docker
 	$(BIN)/mypy contract trainer service bench scripts
+
+browser:
+	bash scripts/install-browser.sh
+
+browser-test: $(STAMP) browser
+	$(BIN)/python -m pytest -q -m browser
 
 docker-test: $(STAMP)
 	bash scripts/docker-test.sh

@@ -5,8 +5,9 @@
 #     there: it starts dockerd and builds stand-in base images); elsewhere the host's engine;
 #  2. builds the CPU service image and brings up docker-compose.cpu.yml (faces + Prometheus);
 #  3. waits for faces' health check, asks GET /models for a resolution and generates a face from this
-#     host over HTTP (a PNG of that size), and checks that Prometheus scraped the service (up == 1,
-#     faces_images_generated_total counts it) and can run every query of the Grafana dashboard;
+#     host over HTTP (a PNG of that size), fetches the playground page (GET /) and its files, and checks
+#     that Prometheus scraped the service (up == 1, faces_images_generated_total counts it) and can run
+#     every query of the Grafana dashboard;
 #  4. bad input: an empty models mount (the message in the logs, exit status 3, no crash loop), an
 #     unreadable models folder (the message), a host port in use (compose says so);
 #  5. tears everything down, also on failure (after printing the containers' logs).
@@ -154,6 +155,14 @@ width, height = struct.unpack(">II", data[16:24])
 assert (width, height) == (int(sys.argv[2]),) * 2, f"{width}x{height}, asked for {sys.argv[2]}"
 EOF
 say "generated a ${res}x${res} PNG ($(wc -c <"$tmp/face.png") bytes): $(grep -i '^x-model' "$tmp/headers" | tr -d '\r')"
+# the playground page and its files, served by the image (no browser here: tests/browser drives the page)
+curl -fsS "$base/" -D "$tmp/page-headers" -o "$tmp/page.html"
+grep -q '<title>ProGAN faces: playground</title>' "$tmp/page.html" || fail "GET / is not the playground page"
+grep -qi "^content-security-policy: default-src 'none'" "$tmp/page-headers" || fail "GET / has no Content-Security-Policy"
+for f in playground.js playground.css; do
+  curl -fsS "$base/static/$f" -o /dev/null || fail "GET /static/$f failed"
+done
+say "playground: GET / and its script and styles served"
 done_phase "generate a face over HTTP"
 
 prom=http://127.0.0.1:$PROMETHEUS_HOST_PORT

@@ -22,5 +22,9 @@ router = APIRouter(include_in_schema=False)
 async def page() -> FileResponse:
     return FileResponse(
         STATIC / "index.html",
-        headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        headers={
+            "Content-Security-Policy": CSP,
+            "Cache-Control": "no-cache",
+            "X-Content-Type-Options": "nosniff",
+        },
     )

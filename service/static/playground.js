@@ -275,7 +275,9 @@ async function ladder() {
       if (truncation) query.truncation = truncation;
       try {
         const blob = await (await api("POST", "generate", { query })).blob();
-        const img = faceImage(URL.createObjectURL(blob), `seed ${seed} at ${res} px`, LADDER_PX);
+        const img = new Image(); // every rung at one size, so the detail each resolution adds shows
+        img.alt = `seed ${seed} at ${res} px`;
+        img.src = URL.createObjectURL(blob);
         img.style.width = `${LADDER_PX}px`;
         return labelled(img, `${res} px`);
       } catch (err) {
@@ -284,6 +286,7 @@ async function ladder() {
       }
     }),
   );
+  for (const old of $("ladder").querySelectorAll("img")) URL.revokeObjectURL(old.src);
   $("ladder").replaceChildren(...figures.filter(Boolean));
   section.scrollIntoView({ block: "nearest" });
 }

@@ -39,9 +39,11 @@ def _unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    given = os.environ.get("CHROMIUM")
+    path = shutil.which(given) if given else shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
-        _unavailable("no chromium on PATH: `make browser` installs Debian's (or set CHROMIUM to a binary)")
+        where = f"CHROMIUM={given} is not an executable" if given else "no chromium on PATH"
+        _unavailable(f"{where}: `make browser` installs Debian's (or set CHROMIUM to a Chromium binary)")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -98,7 +100,11 @@ class Tab:
 
     def foreign_requests(self) -> list[str]:
         own = urlsplit(self.base).netloc
-        return [u for u in self.requests if urlsplit(u).scheme not in ("blob", "data") and urlsplit(u).netloc != own]
+        return [
+            u
+            for u in self.requests
+            if urlsplit(u).scheme not in ("blob", "data") and urlsplit(u).netloc != own
+        ]
 
 
 def _tab(browser: Any, base: str, **context: Any) -> Iterator[Tab]:

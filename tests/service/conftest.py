@@ -23,6 +23,7 @@ BASE: dict[str, Any] = dict(
     api_keys=[],
     auth_probes=False,
     cors_origins=[],
+    playground=True,
     batching=True,
     max_batch=16,
     max_wait_ms=2.0,

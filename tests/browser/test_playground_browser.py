@@ -96,7 +96,9 @@ def test_a_new_seed_gives_a_new_image_and_the_same_seed_the_same(tab: Tab) -> No
     tab.page.click("#dice")
     tab.page.wait_for_function("() => !document.querySelector('#generate').disabled")
     seed = tab.page.input_value("#seed")
-    tab.page.wait_for_function(f"() => document.querySelector('#gen-caption').textContent.startsWith('seed {seed} ')")
+    tab.page.wait_for_function(
+        f"() => document.querySelector('#gen-caption').textContent.startsWith('seed {seed} ')"
+    )
 
 
 def test_grid_format_and_truncation_reach_the_request(tab: Tab, tmp_path: Path) -> None:
@@ -139,7 +141,9 @@ def test_every_resolution_of_one_seed(tab: Tab) -> None:
     generate(tab.page, seed="5")
     tab.page.click("#ladder-btn")
     tab.page.wait_for_function("() => document.querySelectorAll('#ladder img').length === 3")
-    tab.page.wait_for_function("() => [...document.querySelectorAll('#ladder img')].every(i => i.naturalWidth > 0)")
+    tab.page.wait_for_function(
+        "() => [...document.querySelectorAll('#ladder img')].every(i => i.naturalWidth > 0)"
+    )
     assert natural_widths(tab.page, "#ladder img") == [4, 8, 16]
     assert tab.page.inner_text("#ladder").split() == ["4", "px", "8", "px", "16", "px"]
 
@@ -153,10 +157,12 @@ def test_more_like_this_sends_nudged_latents(tab: Tab) -> None:
     body = req.value.post_data_json
     assert len(body["latents"]) == 6 and all(len(z) == 32 for z in body["latents"])
     page.wait_for_function("() => document.querySelectorAll('#variations img').length === 6")
-    page.wait_for_function("() => [...document.querySelectorAll('#variations img')].every(i => i.naturalWidth > 0)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#variations img')].every(i => i.naturalWidth > 0)"
+    )
     assert natural_widths(page, "#variations img") == [16] * 6
     z = page.evaluate("async () => (await (await fetch('latents/9?model=tiny')).json()).latent")
-    nudges = [abs(a - b) for v in body["latents"] for a, b in zip(v, z)]
+    nudges = [abs(a - b) for v in body["latents"] for a, b in zip(v, z, strict=True)]
     assert 0 < sum(nudges) / len(nudges) < 1  # near seed 9's z, not equal to it
 
 
@@ -193,7 +199,9 @@ def test_what_the_api_rejects_is_shown_as_its_message(tab: Tab) -> None:
     generate(page, seed="99999999999")
     error = page.locator("#gen-error")
     assert error.is_visible()
-    assert error.inner_text().startswith("422: invalid request: query seed: Input should be less than or equal to")
+    assert error.inner_text().startswith(
+        "422: invalid request: query seed: Input should be less than or equal to"
+    )
     page.fill("#count", "9")  # over FACES_MAX_N=8
     generate(page, seed="1")
     assert "422" in error.inner_text() and "8" in error.inner_text()
