@@ -191,6 +191,12 @@ def test_interpolation_frames_slider_play_and_gif(tab: Tab, tmp_path: Path) -> N
     download.value.save_as(gif)
     with Image.open(gif) as im:
         assert im.format == "GIF" and im.n_frames == 6 and im.size == (16, 16)
+    with page.expect_download() as download:
+        page.click("#walk-strip")
+    strip = tmp_path / download.value.suggested_filename
+    download.value.save_as(strip)
+    with Image.open(strip) as im:
+        assert strip.name == "strip.png" and im.format == "PNG" and im.size == (6 * 16, 16)
 
 
 def test_what_the_api_rejects_is_shown_as_its_message(tab: Tab) -> None:
