@@ -31,7 +31,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,7 +40,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +57,7 @@ from contract import (  # noqa: E402
     WeightsEntry,
     total_bytes,
 )
+from scripts.serving import ServiceStartError, start_service, stop_service  # noqa: E402
 
 # ---------------------------------------------------------------------------- model
 
@@ -340,23 +339,13 @@ def run_async(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(
     models: Path, batching: bool, args: argparse.Namespace, extra: dict[str, str]
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A `python -m service` process on a free port; `extra` settings override --env."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACES_")}
-    env.update(
+    env = dict(
         FACES_MODEL_DIR=str(models),
         FACES_DEFAULT_MODEL="bench",
-        FACES_HOST="127.0.0.1",
-        FACES_PORT=str(port),
         FACES_BATCHING="on" if batching else "off",
         FACES_MAX_BATCH=str(args.max_batch),
         FACES_MAX_WAIT_MS=str(args.max_wait_ms),
@@ -364,26 +353,10 @@ def start_server(
     )
     env.update(item.split("=", 1) for item in args.env)
     env.update(extra)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit("server did not become ready")
+    try:
+        return start_service(env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except ServiceStartError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -401,8 +374,7 @@ def running_servers(
         yield servers
     finally:
         for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+            stop_service(proc, timeout=60)
 
 
 def run_load(servers: dict[str, str], args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -155,7 +155,7 @@ width, height = struct.unpack(">II", data[16:24])
 assert (width, height) == (int(sys.argv[2]),) * 2, f"{width}x{height}, asked for {sys.argv[2]}"
 EOF
 say "generated a ${res}x${res} PNG ($(wc -c <"$tmp/face.png") bytes): $(grep -i '^x-model' "$tmp/headers" | tr -d '\r')"
-# the playground page and its files, served by the image (no browser here: tests/browser drives the page)
+# the playground page and its files, served by the image (no browser here: tests/service/browser drives the page)
 curl -fsS "$base/" -D "$tmp/page-headers" -o "$tmp/page.html"
 grep -q '<title>ProGAN faces: playground</title>' "$tmp/page.html" || fail "GET / is not the playground page"
 grep -qi "^content-security-policy: default-src 'none'" "$tmp/page-headers" || fail "GET / has no Content-Security-Policy"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make browser`: Debian's chromium for the playground's browser tests (tests/browser, `make browser-test`).
+# `make browser`: Debian's chromium for the playground's browser tests (tests/service/browser, `make browser-test`).
 # Playwright for Python (the dev extra) drives that binary; no browser build is ever downloaded by a tool.
 # Where chromium cannot be installed (no apt-get, no root or sudo), it says so and exits 0: the browser tests
 # then skip with that reason, unless REQUIRE_BROWSER=1 (CI), where this fails instead.

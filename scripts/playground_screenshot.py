@@ -12,41 +12,36 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-from playwright.sync_api import sync_playwright
-
 REPO = Path(__file__).resolve().parent.parent
-# headless, and no connection of the browser's own: the page's requests are the only ones
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+sys.path.insert(0, str(REPO))
+
+from scripts.serving import ServiceStartError, start_service, stop_service  # noqa: E402
+
+# headless, and no connection of the browser's own (update checks, sync, field trials): only the page's
+# requests leave it
+CHROMIUM_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",  # root in a container has no user namespace for the sandbox
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+]
 
 
-def serve(models: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACES_")}
-    env.update(FACES_MODEL_DIR=str(models), FACES_HOST="127.0.0.1", FACES_PORT=str(port))
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"the service exited with status {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(1)
-    proc.kill()
-    sys.exit("the service was not ready after 300 s")
+def find_chromium() -> str:
+    """$CHROMIUM, else chromium or chromium-browser on PATH; LookupError says why there is none."""
+    given = os.environ.get("CHROMIUM")
+    path = shutil.which(given) if given else shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        where = f"CHROMIUM={given} is not an executable" if given else "no chromium on PATH"
+        raise LookupError(f"{where}: `make browser` installs Debian's (or set CHROMIUM to a Chromium binary)")
+    return path
 
 
 def main() -> None:
@@ -56,13 +51,16 @@ def main() -> None:
     ap.add_argument("--walk", default="7, 21, 40", help="seeds of the interpolation")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "figures" / "playground.png")
     args = ap.parse_args()
-    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium")
-    if not chromium:
-        sys.exit("no chromium on PATH: run `make browser` (or set CHROMIUM)")
-    proc, url = serve(args.models)
+    try:
+        chromium = find_chromium()
+        proc, url = start_service({"FACES_MODEL_DIR": str(args.models)}, stdout=None, stderr=None)
+    except (LookupError, ServiceStartError) as exc:
+        sys.exit(str(exc))
+    from playwright.sync_api import sync_playwright  # here: tests import this module for its flags
+
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1000, "height": 900})
             page.goto(url + "/")
             page.wait_for_selector("body[data-ready=true]")
@@ -85,8 +83,7 @@ def main() -> None:
             browser.close()
         print(f"{args.out} ({args.out.stat().st_size // 1024} KiB)")
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop_service(proc, timeout=60)
 
 
 if __name__ == "__main__":

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
+
+from scripts.serving import free_port  # noqa: F401  (the DDP tests' torchrun rendezvous port, too)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PROGAN_SHARED", REPO.parent / "shared"))
 CELEBA = SHARED / "data" / "celeba" / "img_align_celeba"
 BUNDLED_MODEL = REPO / "models" / "celeba"
 NO_FACES = f"real CelebA faces not found at {CELEBA} (set PROGAN_SHARED to the shared folder)"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (torchrun's rendezvous in the DDP tests)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _link_faces(dest: Path, n: int) -> Path:

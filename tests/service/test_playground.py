@@ -1,4 +1,4 @@
-"""The playground's files as the service serves them (no browser: tests/browser drives the page itself)."""
+"""The playground's files as the service serves them (no browser: tests/service/browser drives the page itself)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,56 +15,26 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from scripts.serving import free_port, start_service, stop_service
 from service.config import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(models_root: Path, command: list[str], **env: str) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FACES_")}
-    full_env.update(
+    """The service on the tiny model, on the CPU with one thread; its output (stderr too) in proc.stdout."""
+    tiny = dict(
         FACES_MODEL_DIR=str(models_root),
         FACES_DEFAULT_MODEL="tiny",
         FACES_PROVIDERS="CPUExecutionProvider",
         FACES_INTRA_OP_THREADS="1",
-        FACES_HOST="127.0.0.1",
-        FACES_PORT=str(port),
-        **env,
     )
-    cmd = [arg.replace("{port}", str(port)) for arg in command]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO_ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {proc.stdout.read().decode()}")  # type: ignore[union-attr]
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("server did not become ready")
+    return start_service({**tiny, **env}, command, timeout=90)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> str:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    """What the process printed, once it has stopped."""
+    stop_service(proc)
     return proc.stdout.read().decode()  # type: ignore[union-attr]
 
 

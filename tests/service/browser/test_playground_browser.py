@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from tests.browser.conftest import Tab
+from tests.service.browser.conftest import Tab
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 

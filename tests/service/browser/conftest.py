@@ -5,7 +5,6 @@ with REQUIRE_BROWSER=1 (CI) they fail instead."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,20 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.service.conftest import FIXTURE
+from scripts.playground_screenshot import CHROMIUM_FLAGS, find_chromium
 from tests.service.test_server import start, stop
-
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",  # root in a container has no user namespace for the sandbox
-    "--disable-gpu",
-    "--no-first-run",
-    # no connection of the browser's own (update checks, sync, field trials): only the page's requests
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-default-apps",
-]
 
 
 def _unavailable(reason: str) -> None:
@@ -39,16 +26,15 @@ def _unavailable(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    given = os.environ.get("CHROMIUM")
-    path = shutil.which(given) if given else shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        where = f"CHROMIUM={given} is not an executable" if given else "no chromium on PATH"
-        _unavailable(f"{where}: `make browser` installs Debian's (or set CHROMIUM to a Chromium binary)")
+    try:
+        path = find_chromium()
+    except LookupError as exc:
+        _unavailable(str(exc))
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         _unavailable("Playwright for Python is not installed (the dev extra: make install)")
-    return str(path)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -56,16 +42,9 @@ def browser(chromium: str) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
         yield b
         b.close()
-
-
-@pytest.fixture(scope="session")
-def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("browser-models")
-    shutil.copytree(FIXTURE, root / "tiny")
-    return root
 
 
 @pytest.fixture(scope="session")
