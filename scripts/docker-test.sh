@@ -10,10 +10,15 @@
 #     every query of the Grafana dashboard;
 #  4. bad input: an empty models mount (the message in the logs, exit status 3, no crash loop), an
 #     unreadable models folder (the message), a host port in use (compose says so);
-#  5. tears everything down, also on failure (after printing the containers' logs).
+#  5. runs the Kubernetes CPU overlay's pod spec in docker as a kubelet would (scripts/k8s_pod_in_docker.py:
+#     non-root, read-only root, no capabilities, its limits and env, the three probes, the API key from the
+#     Secret, preStop and SIGTERM with a request in flight inside the grace period);
+#  6. tears everything down, also on failure (after printing the containers' logs).
 #
 # Models: the image bakes models/. With no model there, a tiny one is trained with .venv on the CelebA
 # faces in ../shared/data (about a minute) and mounted read-only at /models instead.
+# Step 5 needs kubectl (or kustomize) to build the overlay; without it the step is skipped with a message,
+# unless REQUIRE_KUSTOMIZE=1 (CI).
 #
 # Environment: DOCKER_TEST_ENGINE=host skips the sandbox tool; FACES_HOST_PORT / PROMETHEUS_HOST_PORT
 # (default: free ports); PROGAN_SHARED (default ../shared); DOCKER_TEST_KEEP=1 leaves the stack up.
@@ -95,6 +100,7 @@ if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else C
 done_phase "engine"
 
 # --- models: the baked ones, or a tiny one mounted read-only
+pod_models=()
 if compgen -G "models/*/manifest.json" >/dev/null; then
   say "models: baked into the image from models/ ($(dirname models/*/manifest.json | xargs -n1 basename | paste -sd ' '))"
 else
@@ -110,6 +116,7 @@ else
   chmod -R a+rX "$tmp/models"
   printf 'services:\n  faces:\n    volumes:\n      - %s:/models:ro\n' "$tmp/models" >"$tmp/models.yml"
   compose_files+=(-f "$tmp/models.yml")
+  pod_models=(--models "$tmp/models")
   done_phase "tiny model"
 fi
 
@@ -244,3 +251,15 @@ grep -qiE 'address already in use|port is already allocated' "$tmp/busy.log" \
   || { cat "$tmp/busy.log" >&2; fail "compose did not say that port $busy is in use"; }
 say "port in use: compose refused ($(grep -oiE 'address already in use|port is already allocated' "$tmp/busy.log" | sort -u))"
 done_phase "bad input"
+
+# --- 5. the Kubernetes CPU overlay's pod spec, run in docker as a kubelet would run it
+compose stop faces >/dev/null 2>&1 || true # its two CPUs back for the pod
+if command -v kubectl >/dev/null || command -v kustomize >/dev/null; then
+  "$PY" scripts/k8s_pod_in_docker.py deploy/k8s/overlays/cpu --image progan-faces/service:cpu "${pod_models[@]}" \
+    || fail "the Kubernetes pod spec (deploy/k8s/overlays/cpu) does not run as it should in docker"
+  done_phase "Kubernetes pod spec in docker"
+elif [ "${REQUIRE_KUSTOMIZE:-0}" = 1 ]; then
+  fail "neither kubectl nor kustomize is on PATH to build deploy/k8s/overlays/cpu (REQUIRE_KUSTOMIZE=1)"
+else
+  say "skipped the Kubernetes pod spec: neither kubectl nor kustomize is on PATH"
+fi
