@@ -10,11 +10,14 @@ unless REQUIRE_KUSTOMIZE=1 (CI) makes that a failure.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -24,7 +27,7 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.main import create_app
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 from tests.service.conftest import FIXTURE, settings_for
 
 K8S = REPO / "deploy" / "k8s"
@@ -478,3 +481,43 @@ def test_export_job_writes_the_models_claim_the_service_reads() -> None:
     )  # the exporter's 0700 folders stay readable by the service
     assert c["args"][0] == "export" and c["args"][2:4] == ["--out", "/models/$(MODEL)"]
     assert {"RUN", "MODEL"} <= set(env_of(c))
+
+
+def test_multi_node_env_drives_a_real_two_node_rendezvous(
+    faces_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Two torchrun "nodes" on this machine, each with the Indexed Job's PET_* variables as its pod would get
+    them (the node rank from the completion index), no rendezvous option on the command line: they meet,
+    train as one world of 2 over gloo, and only node 0 writes the run folder. What differs from the pods:
+    pod 0's DNS name is 127.0.0.1 here, one process per node instead of one per GPU, and a tiny run."""
+    job = one(build("trainer/multi-node"), "Job")
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    env = env_of(c)
+    nodes = int(env["PET_NNODES"])
+    command = [*c["command"], *c["args"][: c["args"].index("train") + 1]]  # torchrun -m trainer train
+    assert command == ["torchrun", "-m", "trainer", "train"]
+    train = ["--data", str(faces_dir), "--preset", "tiny", "--max-res", "8", "--out", str(tmp_path / "runs")]
+    train += ["--cache-dir", str(cache_dir), "--quiet", "--max-steps", "4"]
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PET_")}
+    base |= {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    pod_env = env | {
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_PORT": str(free_port()),
+        "PET_NPROC_PER_NODE": "1",
+    }
+    procs = [
+        subprocess.Popen(
+            [torchrun, *command[1:], *train],
+            env=base | pod_env | {"PET_NODE_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(nodes)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    for rank, (p, out) in enumerate(zip(procs, outputs, strict=True)):
+        assert p.returncode == 0, f"node {rank}: {out[-3000:]}"
+    (run,) = (tmp_path / "runs").iterdir()  # one run folder: node 0's rank 0 writes, node 1 does not
+    assert json.loads((run / "config.json").read_text())["world_size"] == nodes
