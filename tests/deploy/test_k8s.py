@@ -142,6 +142,49 @@ def test_the_validator_bites() -> None:
             validate(bad, K8S_VERSIONS[-1])
 
 
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_every_object_names_its_namespace(path: str) -> None:
+    """Else `kubectl apply` puts it in the context's namespace, away from the Deployment it serves."""
+    for obj in build(path):
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"].get("namespace") == "faces", f"{obj['kind']} {obj['metadata']['name']}"
+
+
+@pytest.mark.parametrize("overlay", ["gpu", "cpu"])
+def test_overlay_with_the_models_volume_enabled(overlay: str, tmp_path: Path) -> None:
+    """The overlay as an operator edits it: its commented-out models-volume line switched on. The claim lands
+    in the namespace, /models comes from it read-only, and everything still validates."""
+    folder = K8S / "overlays" / overlay
+    text = (folder / "kustomization.yaml").read_text()
+    line = "  # - ../../components/models-volume"
+    assert line in text
+    kust = yaml.safe_load(text.replace(line, "  - ../../components/models-volume"))
+    moved = lambda rel: os.path.relpath(folder / rel, tmp_path)  # noqa: E731  (the copy lives in tmp_path)
+    kust["resources"] = [moved(r) for r in kust["resources"]]
+    kust["components"] = [moved(r) for r in kust["components"]]
+    kust["patches"] = [{**p, "path": moved(p["path"])} for p in kust["patches"]]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kust))
+    out = subprocess.run(
+        [*kustomize_command(), "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    objects = [d for d in yaml.safe_load_all(out.stdout) if d]
+    pvc = one(objects, "PersistentVolumeClaim", "faces-models")
+    assert pvc["metadata"]["namespace"] == "faces"
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert volume["persistentVolumeClaim"] == {"claimName": "faces-models", "readOnly": True}
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/models"] == {"name": volume["name"], "mountPath": "/models", "readOnly": True}
+    assert "/tmp" in mounts  # the patch adds to the base's mounts, it does not replace them
+    for obj in objects:
+        if obj["kind"] not in CRDS:
+            validate(obj, K8S_VERSIONS[-1])
+
+
 # --- the service's manifests agree with the service
 
 
@@ -241,8 +284,9 @@ def test_runs_as_the_image_s_user_on_a_read_only_root(overlay: list[dict[str, An
     }
     mounts = {m["mountPath"] for m in container(overlay)["volumeMounts"]}
     assert "/tmp" in mounts
-    namespace = one(overlay, "Namespace")
+    namespace = one(build("namespace"), "Namespace", "faces")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert not [o for o in overlay if o["kind"] == "Namespace"], "deleting an overlay would delete the namespace"
 
 
 def test_images_are_the_compose_images(overlay: list[dict[str, Any]]) -> None:
@@ -276,8 +320,6 @@ def test_selectors_ports_and_references_line_up(overlay: list[dict[str, Any]]) -
     assert 2 <= hpa["minReplicas"] < hpa["maxReplicas"]
     assert container(overlay)["resources"]["requests"]["cpu"]  # the HPA's utilisation needs a request
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    for obj in overlay:
-        assert obj["metadata"].get("namespace", "faces") == "faces" or obj["kind"] == "Namespace"
 
 
 def test_gpu_overlay(monkeypatch: pytest.MonkeyPatch) -> None:
