@@ -332,7 +332,8 @@ def test_gpu_overlay(monkeypatch: pytest.MonkeyPatch) -> None:
     (metric,) = one(objects, "HorizontalPodAutoscaler")["spec"]["metrics"]
     assert metric["type"] == "Pods"
     target = float(metric["pods"]["target"]["averageValue"])
-    assert 1 <= target <= settings.max_queue_rows  # the queue must reach it before the service refuses
+    assert target == settings.max_batch  # one full run waiting per pod (docs/deploy.md, Scaling)
+    assert target <= settings.max_queue_rows  # the queue must reach it before the service refuses
 
 
 def test_cpu_overlay_threads_fit_the_cpu_limit(monkeypatch: pytest.MonkeyPatch) -> None:
