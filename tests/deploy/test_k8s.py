@@ -286,7 +286,9 @@ def test_runs_as_the_image_s_user_on_a_read_only_root(overlay: list[dict[str, An
     assert "/tmp" in mounts
     namespace = one(build("namespace"), "Namespace", "faces")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    assert not [o for o in overlay if o["kind"] == "Namespace"], "deleting an overlay would delete the namespace"
+    assert not [o for o in overlay if o["kind"] == "Namespace"], (
+        "deleting an overlay would delete the namespace"
+    )
 
 
 def test_images_are_the_compose_images(overlay: list[dict[str, Any]]) -> None:
@@ -540,7 +542,7 @@ def test_multi_node_env_drives_a_real_two_node_rendezvous(
     command = [*c["command"], *c["args"][: c["args"].index("train") + 1]]  # torchrun -m trainer train
     assert command == ["torchrun", "-m", "trainer", "train"]
     train = ["--data", str(faces_dir), "--preset", "tiny", "--max-res", "8", "--out", str(tmp_path / "runs")]
-    train += ["--cache-dir", str(cache_dir), "--quiet", "--max-steps", "4"]
+    train += ["--cache-dir", str(tmp_path / "cache"), "--quiet", "--max-steps", "4"]
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     base = {k: v for k, v in os.environ.items() if not k.startswith("PET_")}
     base |= {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
