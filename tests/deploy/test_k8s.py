@@ -528,9 +528,7 @@ def test_export_job_writes_the_models_claim_the_service_reads() -> None:
     assert {"RUN", "MODEL"} <= set(env_of(c))
 
 
-def test_multi_node_env_drives_a_real_two_node_rendezvous(
-    faces_dir: Path, cache_dir: Path, tmp_path: Path
-) -> None:
+def test_multi_node_env_drives_a_real_two_node_rendezvous(faces_dir: Path, tmp_path: Path) -> None:
     """Two torchrun "nodes" on this machine, each with the Indexed Job's PET_* variables as its pod would get
     them (the node rank from the completion index), no rendezvous option on the command line: they meet,
     train as one world of 2 over gloo, and only node 0 writes the run folder. What differs from the pods:
@@ -542,6 +540,7 @@ def test_multi_node_env_drives_a_real_two_node_rendezvous(
     command = [*c["command"], *c["args"][: c["args"].index("train") + 1]]  # torchrun -m trainer train
     assert command == ["torchrun", "-m", "trainer", "train"]
     train = ["--data", str(faces_dir), "--preset", "tiny", "--max-res", "8", "--out", str(tmp_path / "runs")]
+    # a cache of its own: the trainer tests' shared one must not start with this run's 8 px images
     train += ["--cache-dir", str(tmp_path / "cache"), "--quiet", "--max-steps", "4"]
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     base = {k: v for k, v in os.environ.items() if not k.startswith("PET_")}
