@@ -42,14 +42,20 @@ def say(text: str) -> None:
     print(f"k8s-pod: {text}", file=sys.stderr, flush=True)
 
 
-def build(overlay: Path) -> list[dict[str, Any]]:
+def kustomize_command() -> list[str] | None:
+    """How to build a kustomization here: kubectl's built-in kustomize, or kustomize; None if neither."""
     if kubectl := shutil.which("kubectl"):
-        cmd = [kubectl, "kustomize", str(overlay)]
-    elif kustomize := shutil.which("kustomize"):
-        cmd = [kustomize, "build", str(overlay)]
-    else:
+        return [kubectl, "kustomize"]
+    if kustomize := shutil.which("kustomize"):
+        return [kustomize, "build"]
+    return None
+
+
+def build(overlay: Path) -> list[dict[str, Any]]:
+    cmd = kustomize_command()
+    if cmd is None:
         raise CheckFailed("neither kubectl nor kustomize is on PATH")
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([*cmd, str(overlay)], capture_output=True, text=True, check=True).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 

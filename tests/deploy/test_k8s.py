@@ -25,6 +25,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+from scripts.k8s_pod_in_docker import kustomize_command
 from service.config import Settings
 from service.main import create_app
 from tests.conftest import REPO, free_port
@@ -44,20 +45,34 @@ NOT_OBJECTS = ["overlays/gpu/prometheus-adapter-values.yaml"]  # Helm values of 
 
 
 @cache
-def kustomize_command() -> list[str]:
-    if kubectl := shutil.which("kubectl"):
-        return [kubectl, "kustomize"]
-    if kustomize := shutil.which("kustomize"):
-        return [kustomize, "build"]
+def kustomize() -> list[str]:
+    """The build command (scripts/k8s_pod_in_docker.py looks it up); skip, or fail under REQUIRE_KUSTOMIZE=1."""
+    if (cmd := kustomize_command()) is not None:
+        return cmd
     reason = "neither kubectl nor kustomize is on PATH: the manifests cannot be built"
     if os.environ.get("REQUIRE_KUSTOMIZE") == "1":
         pytest.fail(reason + " (REQUIRE_KUSTOMIZE=1)")
     pytest.skip(reason)
 
 
+def image_uid() -> int:
+    """The uid of the service image's user (docker/service.Dockerfile)."""
+    dockerfile = (REPO / "docker" / "service.Dockerfile").read_text()
+    return int(re.search(r"useradd --uid (\d+)", dockerfile).group(1))  # type: ignore[union-attr]
+
+
+def only_env(prefix: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process environment's `prefix`* variables become exactly `env` (for this test)."""
+    for key in list(os.environ):
+        if key.startswith(prefix):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+
 @cache
 def _build(path: str) -> tuple[dict[str, Any], ...]:
-    out = subprocess.run([*kustomize_command(), str(K8S / path)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([*kustomize(), str(K8S / path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, f"kustomize {path}: {out.stderr}"
     return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
 
@@ -165,7 +180,7 @@ def test_overlay_with_the_models_volume_enabled(overlay: str, tmp_path: Path) ->
     kust["patches"] = [{**p, "path": moved(p["path"])} for p in kust["patches"]]
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kust))
     out = subprocess.run(
-        [*kustomize_command(), "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
+        [*kustomize(), "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -195,11 +210,7 @@ def overlay(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
 
 def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings() read from exactly this environment, as the service reads it at start-up."""
-    for key in list(os.environ):
-        if key.startswith("FACES_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    only_env("FACES_", env, monkeypatch)
     return Settings()
 
 
@@ -269,8 +280,7 @@ def test_service_links_are_off_because_they_would_break_the_settings(
 
 
 def test_runs_as_the_image_s_user_on_a_read_only_root(overlay: list[dict[str, Any]]) -> None:
-    dockerfile = (REPO / "docker" / "service.Dockerfile").read_text()
-    uid = int(re.search(r"useradd --uid (\d+)", dockerfile).group(1))  # type: ignore[union-attr]
+    uid = image_uid()
     pod = one(overlay, "Deployment")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsUser"] == pod["securityContext"]["runAsGroup"] == uid
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -341,7 +351,8 @@ def test_gpu_overlay(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_cpu_overlay_threads_fit_the_cpu_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """onnxruntime's default is a thread per physical core of the node; the overlay pins the threads so that
     threads per run x runs at once = the pod's CPUs."""
-    c = container(build("overlays/cpu"))
+    objects = build("overlays/cpu")
+    c = container(objects)
     assert c["image"] == "progan-faces/service:cpu"
     assert "nvidia.com/gpu" not in c["resources"]["limits"]
     assert c["resources"]["requests"] == c["resources"]["limits"]  # Guaranteed QoS
@@ -351,7 +362,7 @@ def test_cpu_overlay_threads_fit_the_cpu_limit(monkeypatch: pytest.MonkeyPatch) 
     assert settings.intra_op_threads * settings.inference_threads == cpus
     memory = c["resources"]["limits"]["memory"]
     assert memory.endswith("Mi") and int(memory[:-2]) >= 834 * 1.5  # the measured peak and headroom
-    (metric,) = one(build("overlays/cpu"), "HorizontalPodAutoscaler")["spec"]["metrics"]
+    (metric,) = one(objects, "HorizontalPodAutoscaler")["spec"]["metrics"]
     assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
 
 
@@ -411,11 +422,7 @@ def torchrun_args(args: list[str], env: dict[str, str], monkeypatch: pytest.Monk
     """torchrun's own parser on the Job's arguments, with the PET_* variables the pod gets."""
     from torch.distributed.run import get_args_parser
 
-    for key in list(os.environ):
-        if key.startswith("PET_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+    only_env("PET_", env, monkeypatch)
     return get_args_parser().parse_args(args)
 
 
@@ -519,11 +526,8 @@ def test_export_job_writes_the_models_claim_the_service_reads() -> None:
     }
     pvc = yaml.safe_load((K8S / "components/models-volume/pvc.yaml").read_text())
     assert claims["models"] == pvc["metadata"]["name"]
-    dockerfile = (REPO / "docker" / "service.Dockerfile").read_text()
-    uid = int(re.search(r"useradd --uid (\d+)", dockerfile).group(1))  # type: ignore[union-attr]
-    assert (
-        pod["securityContext"]["runAsUser"] == uid
-    )  # the exporter's 0700 folders stay readable by the service
+    # the exporter's 0700 folders stay readable by the service
+    assert pod["securityContext"]["runAsUser"] == image_uid()
     assert c["args"][0] == "export" and c["args"][2:4] == ["--out", "/models/$(MODEL)"]
     assert {"RUN", "MODEL"} <= set(env_of(c))
 
