@@ -63,13 +63,22 @@ from scripts.serving import ServiceStartError, start_service, stop_service  # no
 
 
 def export_bench_model(
-    out: Path, preset_name: str, resolutions: list[int], checkpoint: str | None
+    out: Path,
+    preset_name: str,
+    resolutions: list[int],
+    checkpoint: str | None,
+    net: dict[str, Any] | None = None,
+    name: str = "bench",
+    compute: str = "float32",
 ) -> tuple[Path, dict[int, Any]]:
-    """A model folder, and the torch modules its graphs were exported from (same fp16-rounded weights).
+    """A model folder `out/models/name`, and the torch modules its graphs were exported from (same
+    fp16-rounded weights).
 
-    The weights: a trained checkpoint's, or a freshly initialised generator of `preset_name` (speed does
-    not depend on their values). Each resolution's graph cuts G at that resolution with its own toRGB
-    (trainer.export also refits those heads, which costs minutes on a CPU and nothing at run time).
+    The weights: a trained checkpoint's, or a freshly initialised generator of `preset_name` with `net`'s
+    NetConfig fields over the preset's (speed does not depend on their values). Each resolution's graph
+    cuts G at that resolution with its own toRGB (trainer.export also refits those heads, which costs
+    minutes on a CPU and nothing at run time). `compute` "float16": graphs that compute in fp16 (z in and
+    uint8 out as always).
     """
     import onnx
     import torch
@@ -95,21 +104,25 @@ def export_bench_model(
         source = f"checkpoint {checkpoint}"
     else:
         net_kwargs, _ = preset(preset_name)
+        net_kwargs = {**net_kwargs, **(net or {}), "max_res": max(resolutions)}
         torch.manual_seed(0)
-        G0 = Generator(NetConfig(**net_kwargs, max_res=max(resolutions)))
+        G0 = Generator(NetConfig(**net_kwargs))
         source = f"freshly initialised {preset_name}-preset generator"
     assert isinstance(G0, Generator), "the bench exports ProGAN generators"
     G = fold_equalized_scales(G0.float().eval())
     assert isinstance(G, Generator)
     round_weights_fp16(G)
-    folder = out / "models" / "bench"
+    dtype = {"float32": torch.float32, "float16": torch.float16}[compute]
+    if dtype == torch.float16:
+        G = G.half()
+    folder = out / "models" / name
     folder.mkdir(parents=True)
     store = WeightStore(folder / WEIGHTS_FILE)
     modules: dict[int, Any] = {}
     files: dict[int, FileEntry] = {}
     for res in resolutions:
         top = res == G.max_res
-        module = ExportedGenerator(G, res, 1.0, None if top else G.to_rgb[res_key(res)]).eval()
+        module = ExportedGenerator(G, res, 1.0, None if top else G.to_rgb[res_key(res)], dtype).eval()
         onnx.save_model(store_weights_fp16(export_onnx(module, G.z_dim), store), folder / f"G_{res}.onnx")
         modules[res] = module
     store.close()
@@ -119,7 +132,7 @@ def export_bench_model(
     weights = WeightsEntry.of(store.path, dtype="float16")
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
-        name="bench",
+        name=name,
         z_dim=G.z_dim,
         latent=LatentSpec(),
         input=InputSpec(name=INPUT, shape=("N", G.z_dim)),
@@ -145,9 +158,10 @@ def export_bench_model(
 # ---------------------------------------------------------------------------- generator alone
 
 
-def time_fn(fn: Any, seconds: float, min_iters: int = 5) -> float:
-    """Median seconds per call over at least `min_iters` calls and about `seconds`."""
-    fn()  # warm-up
+def time_fn(fn: Any, seconds: float, min_iters: int = 5, warmups: int = 1) -> float:
+    """Median seconds per call over at least `min_iters` calls and about `seconds`, after `warmups`."""
+    for _ in range(warmups):
+        fn()
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_iters or time.perf_counter() - start < seconds:

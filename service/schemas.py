@@ -298,6 +298,12 @@ class ModelInfo(BaseModel):
         description="Per resolution on the CPU provider: the convolution layout chosen at start-up "
         "(nchwc or nchw, see FACES_CPU_LAYOUT)",
     )
+    run_rows: dict[str, int] = Field(
+        default={},
+        description="Per resolution: the rows every onnxruntime run is padded to, so that a seed gives the "
+        "same bytes however requests are batched (FACES_MIN_RUN_BATCH, or the start-up probe; on CUDA "
+        "usually FACES_MAX_BATCH)",
+    )
     latent: LatentSpec | None = None
     provenance: Provenance | None = None
     metrics: dict[str, dict[str, Any]] = {}

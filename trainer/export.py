@@ -63,18 +63,29 @@ def to_uint8_nhwc(img: Tensor) -> Tensor:
 class ExportedGenerator(nn.Module):
     """The graph one resolution's ONNX file holds: z [N, z_dim] -> uint8 [N, res, res, 3]."""
 
-    def __init__(self, G: nn.Module, res: int, alpha: float = 1.0, head: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        G: nn.Module,
+        res: int,
+        alpha: float = 1.0,
+        head: nn.Module | None = None,
+        compute_dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         self.G, self.res, self.alpha, self.head = G, res, alpha, head
+        self.compute_dtype = (
+            compute_dtype  # float16: G (and head) must hold fp16 weights; z and image stay as they are
+        )
 
     def forward(self, z: Tensor) -> Tensor:
+        z = z.to(self.compute_dtype)
         if self.head is not None:
             assert isinstance(self.G, Generator)
             x, _ = self.G.features(z, self.res)
             img = self.head(x)
         else:
             img = self.G(z, self.res, self.alpha)
-        return to_uint8_nhwc(img)
+        return to_uint8_nhwc(img.float())
 
 
 class TopImages:
@@ -155,6 +166,11 @@ class ChannelL2Norm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype != torch.float32:
+            # fp16 graphs: the sum of squares over 256 channels can pass fp16's 65504, so the norm is taken
+            # in fp32 and only its reciprocal comes back to fp16
+            norm = torch.linalg.vector_norm(x.float(), 2, dim=1, keepdim=True)
+            return x * (norm * x.shape[1] ** -0.5 + self.eps).reciprocal().to(x.dtype)
         norm = torch.linalg.vector_norm(x, 2, dim=1, keepdim=True)  # [N, 1, ...]
         return x / (norm * x.shape[1] ** -0.5 + self.eps)
 
@@ -223,25 +239,36 @@ class WeightStore:
         self.fh.close()
 
 
+def external_fp16(name: str, arr: np.ndarray, store: WeightStore) -> TensorProto:
+    """An fp16 initializer `name` whose bytes live in the shared store."""
+    offset, length = store.add(arr)
+    t = TensorProto(name=name, data_type=TensorProto.FLOAT16, dims=list(arr.shape))
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", store.path.name), ("offset", str(offset)), ("length", str(length))):
+        t.external_data.add(key=k, value=v)
+    return t
+
+
 def store_weights_fp16(model: onnx.ModelProto, store: WeightStore, min_elements: int = 64) -> onnx.ModelProto:
     """Move float32 initializers into the shared fp16 store; a Cast back to float32 (folded by onnxruntime
-    at load) keeps the graph's arithmetic in float32."""
+    at load) keeps the graph's arithmetic in float32. The float16 initializers of a graph that computes in
+    fp16 move into the store as they are (the same bytes as the fp32 graphs' weights: stored once)."""
     graph = model.graph
     casts, keep = [], []
     for init in graph.initializer:
         arr = numpy_helper.to_array(init)
-        if init.data_type != TensorProto.FLOAT or arr.size < min_elements:
+        if arr.size < min_elements or init.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
             keep.append(init)
-            continue
-        offset, length = store.add(arr)
-        t = TensorProto(name=init.name + "__fp16", data_type=TensorProto.FLOAT16, dims=list(arr.shape))
-        t.data_location = TensorProto.EXTERNAL
-        for k, v in (("location", store.path.name), ("offset", str(offset)), ("length", str(length))):
-            t.external_data.add(key=k, value=v)
-        keep.append(t)
-        casts.append(
-            helper.make_node("Cast", [t.name], [init.name], to=TensorProto.FLOAT, name=f"cast_{init.name}")
-        )
+        elif init.data_type == TensorProto.FLOAT16:
+            keep.append(external_fp16(init.name, arr, store))
+        else:
+            t = external_fp16(init.name + "__fp16", arr, store)
+            keep.append(t)
+            casts.append(
+                helper.make_node(
+                    "Cast", [t.name], [init.name], to=TensorProto.FLOAT, name=f"cast_{init.name}"
+                )
+            )
     del graph.initializer[:]
     graph.initializer.extend(keep)
     nodes = list(graph.node)

@@ -34,6 +34,7 @@ async def list_models(repo: RepoDep) -> ModelsResponse:
                 cpu_layouts={
                     str(r): g.cpu_layout for r, g in sorted(m.graphs.items()) if g.cpu_layout != "-"
                 },
+                run_rows={str(r): g.min_rows for r, g in sorted(m.graphs.items())},
                 latent=m.manifest.latent,
                 provenance=m.manifest.provenance,
                 metrics=m.manifest.metrics,

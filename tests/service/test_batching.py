@@ -237,6 +237,11 @@ def test_padding_runs_to_a_fixed_size_keeps_the_bytes(
     for min_run_batch in (0, 1, 2, 16):  # 0: probed; 16: every run has the same shape
         with TestClient(create_app(make_settings(models_root, min_run_batch=min_run_batch))) as client:
             results.append([client.post(url).content for url in urls])
+            ready = [m for m in client.get("/models").json()["models"] if m["status"] == "ready"]
+            for m in ready:  # /models says what every run is padded to
+                assert set(m["run_rows"]) == {str(r) for r in m["resolutions"]}
+                if min_run_batch:
+                    assert set(m["run_rows"].values()) == {min_run_batch}
     assert results[0] == results[1] == results[2] == results[3]
 
 

@@ -133,3 +133,47 @@ def test_old_pixel_norm_graphs_are_rewritten_within_one_grey_level(
         for m in (old, new)
     )
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_fp16_compute_graph_matches_fp32_and_shares_the_weights(exported, tmp_path: Path) -> None:
+    """The fp16-compute form bench/serve_gpu.py measures on CUDA: fp16 weights used as they are (no Casts of
+    weights), z in and uint8 out as in the shipped graphs, the same fp16 bytes as the fp32 graph's weights."""
+    import copy
+
+    from trainer.export import WEIGHTS_FILE, ExportedGenerator, WeightStore, export_onnx, store_weights_fp16
+
+    m = exported.manifest
+    ref = exported.modules[16]  # the top graph's torch module (fp16-rounded weights)
+    half = ExportedGenerator(copy.deepcopy(ref.G).half(), 16, ref.alpha, ref.head, torch.float16).eval()
+    store = WeightStore(tmp_path / WEIGHTS_FILE)
+    graphs = {
+        "fp32": store_weights_fp16(export_onnx(ref, m.z_dim), store),
+        "fp16": store_weights_fp16(export_onnx(half, m.z_dim), store),
+    }
+    store.close()
+    # each distinct weight tensor once, although two graphs reference it
+    assert (tmp_path / WEIGHTS_FILE).stat().st_size <= exported.manifest.weights.bytes
+    casts_of_weights = [
+        n for n in graphs["fp16"].graph.node if n.op_type == "Cast" and n.input[0].endswith("__fp16")
+    ]
+    assert not casts_of_weights
+    io = graphs["fp16"].graph
+    assert io.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert io.output[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    outs = {}
+    for name, g in graphs.items():
+        onnx.save_model(g, tmp_path / f"G_{name}.onnx")
+        sess = ort.InferenceSession(str(tmp_path / f"G_{name}.onnx"), providers=["CPUExecutionProvider"])
+        z = np.random.default_rng(3).standard_normal((32, m.z_dim), dtype=np.float32)
+        outs[name] = sess.run(None, {"z": z})[0].astype(int)
+    assert np.abs(outs["fp16"] - outs["fp32"]).max() <= 2
+
+
+def test_channel_l2_norm_in_fp16_does_not_overflow() -> None:
+    """Sum of squares over 256 channels of activations near 100 is ~2.6e6, past fp16's 65504: the fp16
+    path takes the norm in fp32 and matches the fp32 result."""
+    x = torch.randn(2, 256, 4, 4, generator=torch.Generator().manual_seed(1)) * 100
+    want = ChannelL2Norm(1e-8)(x)
+    got = ChannelL2Norm(1e-8)(x.half())
+    assert got.dtype == torch.float16 and torch.isfinite(got).all()
+    assert torch.allclose(got.float(), want, rtol=2e-3, atol=2e-3)
