@@ -457,7 +457,7 @@ def run(args: argparse.Namespace) -> int:
         ("algos", lambda: bench_algos(args.models, args.res, args.batches, args.gen_seconds, report)),
         ("generator", lambda: bench_generator(args.models, args.res, args.batches, args.gen_seconds, report)),
         ("variance", lambda: bench_variance(args.models, args.res, report)),
-        ("cuda graph", lambda: bench_cuda_graph(args.models, 256, args.gen_seconds, report)),
+        ("cuda-graph", lambda: bench_cuda_graph(args.models, 256, args.gen_seconds, report)),
         ("encode", lambda: bench_encode(256, 1.0, report)),
         ("service", lambda: bench_service(args.models, args, report)),
     ]
@@ -526,7 +526,10 @@ def main(argv: list[str] | None = None) -> int:
         "--env", action="append", default=[], metavar="FACES_X=V", help="a setting for every server"
     )
     r.add_argument(
-        "--skip", nargs="*", default=[], help="parts to leave out: generator, 'cuda graph', encode, service"
+        "--skip",
+        nargs="*",
+        default=[],
+        help="parts to leave out: algos, generator, variance, cuda-graph, encode, service",
     )
     r.add_argument("--provider", default=CUDA, help="CPUExecutionProvider: check this script without a GPU")
     r.add_argument("--json", type=Path)

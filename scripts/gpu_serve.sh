@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# On a lent GPU (issue 13): onnxruntime-gpu from the parts carried under .gpu/ort (docs/benchmarks.md says how
-# they are made), the service's other wheels from .gpu/whl, CUDA 13 and cuDNN 9 from the host's PyTorch
+# On a lent GPU (issue 13): onnxruntime-gpu from the parts carried under .gpu/ort (scripts/gpu_serve_pack.sh
+# makes them), the service's other wheels from .gpu/whl, CUDA 13 and cuDNN 9 from the host's PyTorch
 # install; then bench/serve_gpu.py and bench/serve_footprint.py on the CUDA provider. Results go to $OUT.
 #   OUT=$OUT bash scripts/gpu_serve.sh [serve_gpu.py run options]
 set -uo pipefail
@@ -8,7 +8,7 @@ OUT=${OUT:-/tmp/gpu-serve-out}
 mkdir -p "$OUT" /tmp/site
 t0=$(date +%s)
 cat .gpu/ort/p*/part* > /tmp/ort.tar.xz
-echo "$(cat .gpu/ort/p4/sha256)  /tmp/ort.tar.xz" | sha256sum -c --quiet || { echo "onnxruntime-gpu parts: bad checksum"; exit 2; }
+echo "$(cat .gpu/ort/p*/sha256)  /tmp/ort.tar.xz" | sha256sum -c --quiet || { echo "onnxruntime-gpu parts: bad checksum"; exit 2; }
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl || exit 3
 xz -d -T0 < /tmp/ort.tar.xz | tar -x -C /tmp/site || exit 4
 export PYTHONPATH=/tmp/site

@@ -339,6 +339,8 @@ def test_gpu_overlay(monkeypatch: pytest.MonkeyPatch) -> None:
     c = container(objects)
     assert c["image"] == "progan-faces/service:gpu"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    memory = c["resources"]["limits"]["memory"]
+    assert memory.endswith("Mi") and int(memory[:-2]) >= 1274 * 1.5  # the peak measured on an H100
     settings = settings_from(env_of(c), monkeypatch)
     assert settings.providers[0] == "CUDAExecutionProvider" and settings.require_provider
     (metric,) = one(objects, "HorizontalPodAutoscaler")["spec"]["metrics"]
