@@ -1,4 +1,7 @@
-"""Dependencies: what handlers reach through `Annotated` aliases (created in the lifespan, kept on app.state)."""
+"""Dependencies: what handlers reach through `Annotated` aliases (created in the lifespan, kept on app.state).
+
+All `async def`: they only read app.state, and FastAPI runs a plain `def` dependency on its thread pool, a
+thread hop per dependency per request."""
 
 from __future__ import annotations
 
@@ -15,22 +18,22 @@ from service.inference.sessions import ModelRepository
 from service.metrics import Metrics
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_pipeline(request: Request) -> Pipeline:
+async def get_pipeline(request: Request) -> Pipeline:
     pipeline: Pipeline | None = getattr(request.app.state, "pipeline", None)
     if pipeline is None:
         raise Unavailable("the models are not loaded yet")
     return pipeline
 
 
-def get_repo(pipeline: Annotated[Pipeline, Depends(get_pipeline)]) -> ModelRepository:
+async def get_repo(pipeline: Annotated[Pipeline, Depends(get_pipeline)]) -> ModelRepository:
     return pipeline.repo
 
 
@@ -43,7 +46,7 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="
 _bearer = HTTPBearer(auto_error=False, description="One of FACES_API_KEYS, as a bearer token")
 
 
-def require_api_key(
+async def require_api_key(
     settings: SettingsDep,
     header_key: Annotated[str | None, Security(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
