@@ -38,12 +38,12 @@ from starlette.responses import Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
 from contract import z_for_seeds  # noqa: E402
+from scripts.make_service_fixture import DEFAULT_OUT as FIXTURE  # noqa: E402  the committed test model
 from service.config import Settings  # noqa: E402
 from service.inference import encoding  # noqa: E402
 from service.main import create_app  # noqa: E402
 from service.schemas import GenerateQuery, GenerateRequest  # noqa: E402
 
-FIXTURE = REPO / "tests" / "service" / "fixtures" / "tiny"
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 BODY = b"\xff\xd8" + bytes(600)  # about a 4 px JPEG
 
@@ -85,8 +85,12 @@ async def call(app: ASGIApp, path: str, query: str) -> int:
     return status
 
 
-async def route_plain() -> Response:
+def fixed_jpeg() -> Response:
     return Response(BODY, media_type="image/jpeg")
+
+
+async def route_plain() -> Response:
+    return fixed_jpeg()
 
 
 def sync_dep(request: Request) -> object:
@@ -99,23 +103,23 @@ async def async_dep(request: Request) -> object:
 
 # module level: the routes' string annotations (PEP 563) are resolved in this module's globals
 async def route_sync_dep(thing: Annotated[object, Depends(sync_dep)]) -> Response:
-    return Response(BODY, media_type="image/jpeg")
+    return fixed_jpeg()
 
 
 async def route_async_dep(thing: Annotated[object, Depends(async_dep)]) -> Response:
-    return Response(BODY, media_type="image/jpeg")
+    return fixed_jpeg()
 
 
 async def route_params(
     query: Annotated[GenerateQuery, Query()], body: Annotated[GenerateRequest | None, Body()] = None
 ) -> Response:
     GenerateRequest.merged(query, body)
-    return Response(BODY, media_type="image/jpeg")
+    return fixed_jpeg()
 
 
 def floors() -> dict[str, ASGIApp]:
     async def fixed(request: Any) -> Response:
-        return Response(BODY, media_type="image/jpeg")
+        return fixed_jpeg()
 
     apps: dict[str, ASGIApp] = {"starlette": Starlette(routes=[Route("/generate", fixed, methods=["POST"])])}
 
