@@ -3,6 +3,12 @@
 channels_last in the same process, so the speed-ups of bf16 + channels_last + TF32 show as ratios.
 
     python bench/train_throughput.py [--res 4,8,16,32,64,128,256] [--steps 5] [--presets paper,fast] [--cpu]
+
+Beside the GAN zoo's PGAN (../shared/anchors/anchor_pgan_bench.py, fmap_max 256, latent 512, its minibatch
+table, mid-fade), at the same network size and batch:
+
+    python bench/train_throughput.py --presets paper --fmap-max 256 --z-dim 512 --zoo-batch --alpha 0.5 \
+        --res 64,128,256 --steps 20 --no-baseline
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ from trainer.config import NetConfig, TrainConfig, preset
 from trainer.loop import Dist, StepContext, d_step, g_step, make_optimizer
 from trainer.networks import build_networks
 
+# the GAN zoo anchor's minibatch (../shared/anchors/anchor_pgan_bench.py: the official one-GPU table)
+ZOO_BATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
+
 
 def step_rate(
     net: NetConfig,
@@ -27,6 +36,7 @@ def step_rate(
     device: torch.device,
     amp: str,
     channels_last: bool,
+    alpha: float = 1.0,
 ) -> float:
     """Images per second of `steps` full G+D steps at `res` (after two warm-up steps)."""
     G, D = build_networks(net)
@@ -48,10 +58,10 @@ def step_rate(
     def one() -> None:
         D.requires_grad_(True)
         G.requires_grad_(False)
-        d_step(ctx, reals, res, 1.0, opt_D)
+        d_step(ctx, reals, res, alpha, opt_D)
         D.requires_grad_(False)
         G.requires_grad_(True)
-        g_step(ctx, batch, res, 1.0, opt_G)
+        g_step(ctx, batch, res, alpha, opt_G)
 
     for _ in range(2):
         one()
@@ -72,6 +82,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--batch", type=int, help="override the preset's minibatch")
     ap.add_argument("--cpu", action="store_true", help="stay on CPU even when CUDA is present")
+    ap.add_argument("--z-dim", type=int, help="override the preset's latent size")
+    ap.add_argument("--fmap-max", type=int, help="override the preset's channel cap")
+    ap.add_argument(
+        "--zoo-batch",
+        action="store_true",
+        help="the GAN zoo anchor's minibatch per resolution (the official one-GPU table), to run beside "
+        "../shared/anchors/anchor_pgan_bench.py at the same network size",
+    )
+    ap.add_argument(
+        "--alpha", type=float, default=1.0, help="fade alpha of the timed steps (the anchor: 0.5)"
+    )
+    ap.add_argument("--no-baseline", action="store_true", help="on CUDA, skip the fp32 NCHW baseline rows")
     a = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not a.cpu else "cpu")
     name = (
@@ -85,21 +107,22 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True
     print(f"device: {name}; torch {torch.__version__}; {a.steps} timed steps per row")
     head = f"| preset | res | batch | img/s ({'bf16+CL+TF32' if device.type == 'cuda' else 'fp32'}) |"
-    head += " img/s fp32 NCHW | speed-up |" if device.type == "cuda" else ""
+    head += " img/s fp32 NCHW | speed-up |" if device.type == "cuda" and not a.no_baseline else ""
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for pname in a.presets.split(","):
         net_kw, train_kw = preset(pname)
+        net_kw.update({k: v for k, v in (("z_dim", a.z_dim), ("fmap_max", a.fmap_max)) if v is not None})
         cfg = TrainConfig(**train_kw)
         for res in (int(r) for r in a.res.split(",")):
             net = NetConfig(max_res=res, **net_kw)
-            batch = a.batch or cfg.batch(res)
-            fast = step_rate(net, cfg, res, batch, a.steps, device, "bf16", device.type == "cuda")
+            batch = a.batch or (ZOO_BATCH[res] if a.zoo_batch else cfg.batch(res))
+            fast = step_rate(net, cfg, res, batch, a.steps, device, "bf16", device.type == "cuda", a.alpha)
             row = f"| {pname} | {res} | {batch} | {fast:.1f} |"
-            if device.type == "cuda":
+            if device.type == "cuda" and not a.no_baseline:
                 torch.backends.cuda.matmul.allow_tf32 = False
                 torch.backends.cudnn.allow_tf32 = False
-                base = step_rate(net, cfg, res, batch, a.steps, device, "off", False)
+                base = step_rate(net, cfg, res, batch, a.steps, device, "off", False, a.alpha)
                 torch.backends.cuda.matmul.allow_tf32 = True
                 torch.backends.cudnn.allow_tf32 = True
                 row += f" {base:.1f} | {fast / base:.2f}x |"

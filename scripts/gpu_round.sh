@@ -15,6 +15,8 @@ MAX_RES=${MAX_RES:-64}
 END_S=${END_S:-540}
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg PROGAN_CACHE=${PROGAN_CACHE:-/tmp/progan}
+# the device runs the checkout uninstalled: scripts/*.py import `trainer` from the repository root
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 runs=${RUNS:-/tmp/runs}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,temperature.gpu --format=csv,noheader || true

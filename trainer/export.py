@@ -13,7 +13,7 @@ import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import onnx
@@ -22,19 +22,6 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
-from contract.manifest import (
-    MANIFEST_FILE,
-    SCHEMA_VERSION,
-    Architecture,
-    FileEntry,
-    InputSpec,
-    LatentSpec,
-    Manifest,
-    OutputSpec,
-    Provenance,
-    WeightsEntry,
-    total_bytes,
-)
 from trainer.checkpoint import (
     MODEL_CHECKPOINT,
     CheckpointError,
@@ -44,6 +31,9 @@ from trainer.checkpoint import (
 )
 from trainer.config import TrainConfig, locate, schedule
 from trainer.networks import EqualizedConv2d, EqualizedLinear, Generator, PixelNorm, res_key
+
+if TYPE_CHECKING:
+    from contract.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +359,22 @@ def export_model(
 ) -> ExportResult:
     """ONNX graphs, shared fp16 weights and manifest.json; with `with_checkpoint` (and a full checkpoint as
     the source) also checkpoint.safetensors, so that the model can be trained further."""
+    # the manifest's pydantic models load here, not at import: `train` (which imports this module for its
+    # CLI) must run on GPU machines that carry only torch and friends
+    from contract.manifest import (
+        MANIFEST_FILE,
+        SCHEMA_VERSION,
+        Architecture,
+        FileEntry,
+        InputSpec,
+        LatentSpec,
+        Manifest,
+        OutputSpec,
+        Provenance,
+        WeightsEntry,
+        total_bytes,
+    )
+
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")

@@ -239,10 +239,11 @@ def test_fade_under_bf16_autocast() -> None:
     assert img.shape == (4, 3, 16, 16) and torch.isfinite(score.float()).all()
 
 
-def test_training_needs_no_jsonschema(faces_dir: Path) -> None:
+def test_training_needs_no_jsonschema_or_pydantic(faces_dir: Path) -> None:
     """GPU machines carry only torch and friends: `train` must not import what export validates with."""
     code = (
-        "import sys; sys.modules['jsonschema'] = None; from trainer.cli import main; "
+        "import sys; sys.modules['jsonschema'] = None; sys.modules['pydantic'] = None; "
+        "from trainer.cli import main; "
         f"sys.exit(main(['train', '--data', {str(faces_dir)!r}, '--preset', 'tiny', '--dry-run']))"
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
