@@ -18,6 +18,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from trainer.config import NetConfig, TrainConfig, preset
 from trainer.loop import Dist, StepContext, d_step, g_step, make_optimizer
@@ -25,6 +26,30 @@ from trainer.networks import build_networks
 
 # the GAN zoo anchor's minibatch (../shared/anchors/anchor_pgan_bench.py: the official one-GPU table)
 ZOO_BATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
+
+
+# dense bf16 tensor-core peak (datasheets, SXM parts); the share of it a step reaches is the floor's measure
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def step_gflop(net: NetConfig, res: int, alpha: float) -> float:
+    """GFLOP of one trained image in a full D + G step, as 4 G forwards + 13 D forwards (the G forward in the
+    D step, the D forwards on reals, fakes and the penalty's mix with their backward passes, the penalty's
+    double backward, the G step's forward and backward through D and G). The counter cannot follow the
+    penalty's double backward itself, so the forwards are counted (on CPU, batch 2) and weighted."""
+    G, D = build_networks(net)
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as fc:
+            img = G(torch.randn(2, net.z_dim), res, alpha)
+        g = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            D(img, res, alpha)
+        d = fc.get_total_flops()
+    return (4 * g + 13 * d) / 2 / 1e9
+
+
+def bf16_peak(name: str) -> float | None:
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
 
 
 def step_rate(
@@ -108,6 +133,8 @@ def main() -> None:
     print(f"device: {name}; torch {torch.__version__}; {a.steps} timed steps per row")
     head = f"| preset | res | batch | img/s ({'bf16+CL+TF32' if device.type == 'cuda' else 'fp32'}) |"
     head += " img/s fp32 NCHW | speed-up |" if device.type == "cuda" and not a.no_baseline else ""
+    peak = bf16_peak(name) if device.type == "cuda" else None
+    head += " GFLOP/img | TFLOP/s |" + (f" share of bf16 peak ({peak:.0f}) |" if peak else "")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for pname in a.presets.split(","):
@@ -126,6 +153,9 @@ def main() -> None:
                 torch.backends.cuda.matmul.allow_tf32 = True
                 torch.backends.cudnn.allow_tf32 = True
                 row += f" {base:.1f} | {fast / base:.2f}x |"
+            gflop = step_gflop(net, res, a.alpha)
+            row += f" {gflop:.1f} | {gflop * fast / 1000:.2f} |"
+            row += f" {gflop * fast / 1000 / peak:.1%} |" if peak else ""
             print(row, flush=True)
 
 

@@ -42,6 +42,16 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
+def not_fp16_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating tensors that are not finite, or not once stored in float16 (beyond its 65504):
+    such weights must never reach a model folder."""
+    return [
+        n
+        for n, t in tensors.items()
+        if t.is_floating_point() and not bool(torch.isfinite(t.detach().to(torch.float16)).all())
+    ]
+
+
 def save_model_checkpoint(state: dict[str, Any], path: Path) -> int:
     """G, D and G_ema in float16 with the configs and the schedule position as metadata, no optimizer
     state: what a model folder needs to be trained further. Returns the file's size in bytes."""
@@ -60,6 +70,13 @@ def save_model_checkpoint(state: dict[str, Any], path: Path) -> int:
         for k in NETS
         for n, t in state[k].items()
     }
+    bad = not_fp16_finite(tensors)
+    if bad:
+        raise CheckpointError(
+            f"{state.get('path', 'the checkpoint')} has weights that are inf or nan in float16 "
+            f"({', '.join(bad[:3])}{', …' if len(bad) > 3 else ''}): nothing was written; export an earlier, "
+            "finite checkpoint"
+        )
     meta = {
         "format": MODEL_CHECKPOINT_FORMAT,
         "net_cfg": json.dumps(state["net_cfg"]),

@@ -27,6 +27,7 @@ from trainer.checkpoint import (
     CheckpointError,
     LoadedGenerator,
     load_generator,
+    not_fp16_finite,
     save_model_checkpoint,
 )
 from trainer.config import TrainConfig, locate, schedule
@@ -379,6 +380,12 @@ def export_model(
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
     lg = load_generator(checkpoint)
+    bad = not_fp16_finite(dict(lg.G.state_dict()))
+    if bad:
+        raise CheckpointError(
+            f"{checkpoint}: the generator has weights that are inf or nan in float16 ({', '.join(bad[:3])}): "
+            "nothing was exported; export an earlier, finite checkpoint"
+        )
     trained = trained_resolutions(lg)
     wanted = sorted(resolutions) if resolutions else trained
     never = [r for r in wanted if r not in trained]

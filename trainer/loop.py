@@ -82,6 +82,33 @@ def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def rank_rng_states(gen: torch.Generator, d: Dist) -> list[Tensor]:
+    """Every rank's generator state, in rank order (one small all-gather; each rank draws its own reals, z,
+    mixing factors and flips, so a resume must give each rank its own state back)."""
+    if d.world == 1:
+        return [gen.get_state()]
+    states: list[Any] = [None] * d.world
+    dist.all_gather_object(states, gen.get_state())
+    return [torch.as_tensor(s) for s in states]
+
+
+def restore_rank_rng(gen: torch.Generator, rng: dict[str, Any], d: Dist, seed: int, steps: int) -> None:
+    """This rank's generator state from a checkpoint's `rng`: its own when the checkpoint has one per rank
+    of the same world, else rank 0's on a single process, else a fresh per-rank seed (a different world
+    size: draws cannot continue exactly, but ranks must not draw the same images)."""
+    per_rank = rng.get("gen_ranks")
+    try:
+        if per_rank is not None and len(per_rank) == d.world:
+            gen.set_state(per_rank[d.rank])
+            return
+        if d.world == 1:
+            gen.set_state(rng["gen"])
+            return
+    except (RuntimeError, ValueError):  # saved on another device type (a GPU run resumed on CPU)
+        pass
+    gen.manual_seed(seed * 1000 + d.rank + steps)
+
+
 def broadcast_params(module: nn.Module, d: Dist) -> None:
     if d.world > 1:
         for t in list(module.parameters()) + list(module.buffers()):
@@ -437,10 +464,7 @@ def train(
             if state["opt_G"] and state["opt_D"]:  # a packed checkpoint has none: Adam starts fresh
                 opt_G.load_state_dict(state["opt_G"])
                 opt_D.load_state_dict(state["opt_D"])
-            try:
-                gen.set_state(state["rng"]["gen"])
-            except (RuntimeError, ValueError):  # saved on another device type (a GPU run resumed on CPU)
-                gen.manual_seed(cfg.seed * 1000 + d.rank + steps)
+            restore_rank_rng(gen, state["rng"], d, cfg.seed, steps)
             torch.set_rng_state(state["rng"]["torch"])
             history = list(state.get("history", []))
         except (KeyError, RuntimeError, ValueError) as e:
@@ -511,7 +535,7 @@ def train(
         except ImportError:  # tensorboard is optional at run time
             writer = None
 
-    def save_checkpoint(res: int) -> None:
+    def save_checkpoint(res: int, gen_ranks: list[Tensor]) -> None:
         snap = {
             "format": FORMAT_VERSION,
             "net_cfg": dataclasses.asdict(net),
@@ -526,7 +550,7 @@ def train(
             "opt_phase": opt_phase,
             "res": res,
             "kimg": cur_nimg / 1000,
-            "rng": {"gen": gen.get_state(), "torch": torch.get_rng_state()},
+            "rng": {"gen": gen_ranks[0], "gen_ranks": gen_ranks, "torch": torch.get_rng_state()},
             "history": history,
             "data": str(data),
             "data_index": data_index,
@@ -633,10 +657,14 @@ def train(
             "img_s": (cur_nimg - tick_start_nimg) / max(elapsed, 1e-9),
             **dict(zip(means, flat, strict=True)),
         }
-        finite_losses = all(math.isfinite(v) for v in flat)
-        if not finite_losses or not all_finite(G, D, G_ema):
+        finite_here = all(math.isfinite(v) for v in flat) and all_finite(G, D, G_ema)
+        # every rank learns when any rank went non-finite, so that all stop with the message (one rank
+        # raising alone would leave the others waiting in their next all-reduce)
+        if any_rank(not finite_here, d, device):
             bad = ", ".join(f"{k}={v}" for k, v in zip(means, flat, strict=True) if not math.isfinite(v))
             what = "loss" if bad else "weights"
+            if finite_here:
+                bad = f"on another rank than {d.rank}"
             bad = bad or "inf or nan gradients with finite losses"
             kept = run_dir / "checkpoint.pt"
             raise TrainingError(
@@ -649,6 +677,7 @@ def train(
                 )
             )
         acc.clear()
+        gen_ranks = rank_rng_states(gen, d)  # on every rank, every tick: only rank 0 writes checkpoints
         tick_start_nimg, tick_start_time = cur_nimg, time.time()
         history.append(row)
         bar.set_postfix_str(
@@ -666,7 +695,7 @@ def train(
             save_sample_grid(res, alpha, "end" if phase_end or done else "tick")
             plot_losses(history, run_dir / "losses.png")
             if phase_end or done or time.monotonic() - last_checkpoint >= cfg.checkpoint_minutes * 60:
-                save_checkpoint(res)
+                save_checkpoint(res, gen_ranks)
                 last_checkpoint = time.monotonic()
             if (phase_end and phase.kind == "stab") or out_of_time:
                 save_snapshot(res)

@@ -1,0 +1,144 @@
+"""What must never happen to a run: ranks drawing the same images after a resume, one rank stopping while the
+others wait, non-finite weights reaching a checkpoint, a model folder or an export."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, free_port
+from trainer.checkpoint import CheckpointError, load_state, save_model_checkpoint
+from trainer.cli import main
+
+
+def _torchrun(script_or_module: list[str], timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={free_port()}",
+        *script_or_module,
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def _ddp_train(faces_dir: Path, cache_dir: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    args = ["--preset", "tiny", "--max-res", "8", "--cache-dir", str(cache_dir), "--quiet", "--seed", "3"]
+    return _torchrun(["-m", "trainer", "train", "--data", str(faces_dir), "--out", str(out), *args, *extra])
+
+
+def test_ddp_resume_gives_every_rank_its_own_draws(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    """Two ranks over gloo: the checkpoint holds one generator state per rank, the ranks' states differ,
+    and 3 steps + resume + 3 steps end with exactly the weights of 6 uninterrupted steps."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    r = _ddp_train(faces_dir, cache_dir, whole, "--max-steps", "6")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = _ddp_train(faces_dir, cache_dir, split, "--max-steps", "3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = split.iterdir()
+    states = load_state(run)["rng"]["gen_ranks"]
+    assert len(states) == 2 and not torch.equal(states[0], states[1])
+    r = _torchrun(["-m", "trainer", "train", "--quiet", "--resume", str(run), "--max-steps", "6"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    (ref,) = whole.iterdir()
+    a, b = load_state(ref), load_state(run)
+    assert a["steps"] == b["steps"] == 6
+    for net in ("G", "D", "G_ema"):
+        for name, t in a[net].items():
+            assert torch.allclose(t, b[net][name], rtol=0, atol=1e-6), f"{net}.{name} differs after resume"
+
+
+NAN_ON_RANK_1 = """
+import sys
+import torch
+import trainer.loop as loop
+from trainer.cli import main
+
+real_step, calls = loop.train_step, [0]
+
+def step_that_diverges_on_rank_1(c, *a, **k):
+    stats = real_step(c, *a, **k)
+    calls[0] += 1
+    if c.d.rank == 1 and calls[0] >= 2:
+        stats["loss_D"] = torch.tensor(float("nan"))
+    return stats
+
+loop.train_step = step_that_diverges_on_rank_1
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ddp_nonfinite_on_one_rank_stops_every_rank(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    script = tmp_path / "diverge.py"
+    script.write_text(NAN_ON_RANK_1)
+    out = tmp_path / "runs"
+    args = [
+        "--preset",
+        "tiny",
+        "--max-res",
+        "8",
+        "--cache-dir",
+        str(cache_dir),
+        "--quiet",
+        "--max-steps",
+        "8",
+    ]
+    r = _torchrun([str(script), "train", "--data", str(faces_dir), "--out", str(out), *args], timeout=240)
+    assert r.returncode != 0
+    # both ranks stop with the message (none is left waiting in an all-reduce, which the timeout would show)
+    assert r.stderr.count("error: non-finite") == 2, r.stderr[-3000:]
+    assert "loss_D=nan" in r.stderr and "on another rank than 0" in r.stderr
+
+
+def test_inf_weights_with_finite_losses_stop_before_any_save(
+    faces_dir: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """Inf gradients with a finite loss leave the losses of their step finite but the weights not: the run
+    stops at that tick, and no checkpoint, snapshot or grid of those weights is written."""
+    import trainer.loop as loop
+
+    real_ema, calls = loop.update_ema, [0]
+
+    def ema_after_an_inf_step(G_ema, G, beta):  # what Adam does with an inf gradient
+        calls[0] += 1
+        if calls[0] == 2:
+            with torch.no_grad():
+                next(G.parameters()).fill_(float("inf"))
+        real_ema(G_ema, G, beta)
+
+    monkeypatch.setattr(loop, "update_ema", ema_after_an_inf_step)
+    argv = ["train", "--preset", "tiny", "--quiet", "--data", str(faces_dir), "--max-res", "8"]
+    assert main([*argv, "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--max-steps", "2"]) != 0
+    err = capsys.readouterr().err
+    assert "non-finite weights" in err and "inf or nan gradients with finite losses" in err
+    (run,) = tmp_path.iterdir()
+    assert not (run / "checkpoint.pt").exists() and not list(run.glob("G_ema-*.pt"))
+
+
+def test_weights_beyond_float16_never_reach_a_model_folder(
+    tiny_run: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = load_state(tiny_run)
+    name = next(iter(state["G"]))
+    state["G"][name] = state["G"][name].clone().fill_(1e6)  # finite in fp32, inf in fp16
+    with pytest.raises(CheckpointError, match="inf or nan in float16"):
+        save_model_checkpoint(state, tmp_path / "checkpoint.safetensors")
+    assert not (tmp_path / "checkpoint.safetensors").exists()
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({k: v for k, v in state.items() if k != "path"}, run / "checkpoint.pt")
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    before = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
+    assert main(["export", str(run), "--out", str(model), "--force"]) != 0
+    assert "inf or nan in float16" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()} == before
