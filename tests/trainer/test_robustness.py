@@ -3,6 +3,7 @@ others wait, non-finite weights reaching a checkpoint, a model folder or an expo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -33,6 +34,15 @@ def _torchrun(script_or_module: list[str], timeout: int = 300) -> subprocess.Com
 def _ddp_train(faces_dir: Path, cache_dir: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     args = ["--preset", "tiny", "--max-res", "8", "--cache-dir", str(cache_dir), "--quiet", "--seed", "3"]
     return _torchrun(["-m", "trainer", "train", "--data", str(faces_dir), "--out", str(out), *args, *extra])
+
+
+def test_two_process_ddp_on_cpu(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    r = _ddp_train(faces_dir, cache_dir, tmp_path, "--max-steps", "6")
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = tmp_path.iterdir()
+    assert json.loads((run / "config.json").read_text())["world_size"] == 2
+    state = load_state(run)
+    assert state["steps"] == 6 and state["cur_nimg"] == 6 * 8  # global batch 8 = 2 ranks x 4
 
 
 def test_ddp_resume_gives_every_rank_its_own_draws(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:

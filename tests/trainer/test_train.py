@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import errno
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO, free_port
 from trainer.checkpoint import load_generator, load_state
 from trainer.cli import main
 from trainer.data import find_source, load_images
@@ -263,39 +259,6 @@ def test_full_disk_never_leaves_a_broken_checkpoint(
     monkeypatch.setattr(ck.torch, "save", real_save)
     assert load_state(run)["cur_nimg"] == good["cur_nimg"]
     assert not list(run.glob(".*.tmp"))
-
-
-def test_two_process_ddp_on_cpu(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={free_port()}",
-        "-m",
-        "trainer",
-        "train",
-        "--data",
-        str(faces_dir),
-        "--preset",
-        "tiny",
-        "--max-res",
-        "8",
-        "--out",
-        str(tmp_path),
-        "--cache-dir",
-        str(cache_dir),
-        "--quiet",
-        "--max-steps",
-        "6",
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = tmp_path.iterdir()
-    assert json.loads((run / "config.json").read_text())["world_size"] == 2
-    state = load_state(run)
-    assert state["steps"] == 6 and state["cur_nimg"] == 6 * 8  # global batch 8 = 2 ranks x 4
 
 
 def test_extend_kimg_lengthens_a_finished_run(tiny_run: Path, tmp_path: Path) -> None:
