@@ -48,7 +48,10 @@ class PixelNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + self.eps)
+        # the mean of squares in fp32 (bf16 would round it), the result in the activation's own dtype (CUDA
+        # autocast would otherwise hand the next layers fp32 activations: a cast and twice the bytes)
+        scale = torch.rsqrt(x.float().pow(2).mean(dim=1, keepdim=True) + self.eps)
+        return x * scale.to(x.dtype)
 
 
 class MinibatchStd(nn.Module):

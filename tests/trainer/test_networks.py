@@ -75,6 +75,18 @@ def test_pixel_norm_hand_computed() -> None:
     assert torch.allclose(y.flatten(), torch.tensor([3.0, 4.0]) / math.sqrt(12.5 + 1e-8))
 
 
+def test_pixel_norm_keeps_bf16_and_sums_in_fp32() -> None:
+    """bf16 activations stay bf16 (no fp32 activations for the next layer under autocast), and their norm is
+    taken in fp32: the result is the fp32 computation rounded once, not bf16 rounding at every sum."""
+    x = torch.randn(4, 512, 8, 8, generator=torch.Generator().manual_seed(0)).bfloat16()
+    out = PixelNorm()(x)
+    assert out.dtype == torch.bfloat16
+    scale = torch.rsqrt(x.float().pow(2).mean(dim=1, keepdim=True) + 1e-8).bfloat16()
+    assert torch.equal(out, x * scale)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert PixelNorm()(x).dtype == torch.bfloat16
+
+
 def test_minibatch_stddev_hand_computed() -> None:
     x = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 2, 2, 2).contiguous()
     y = MinibatchStd(group_size=4)(x)
