@@ -152,14 +152,22 @@ def runtime_overrides(a: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from trainer.config import schedule  # noqa: F401  (validates start_res)
-    from trainer.loop import describe_schedule, train
+    from trainer.loop import describe_schedule, plan_run, train
 
     if a.minutes is not None and a.minutes <= 0:
         raise ValueError(f"--minutes must be positive, got {a.minutes}")
     if a.resume is None and not a.data:
         raise ValueError("--data is required (or --resume a checkpoint)")
+    if a.extend_kimg is not None and a.extend_kimg <= 0:
+        raise ValueError(f"--extend-kimg must be positive, got {a.extend_kimg}")
+    if a.extend_kimg is not None and a.minutes is not None and a.resume is None:
+        raise ValueError(
+            "--extend-kimg and --minutes both set how long a new run trains; --minutes plans every phase "
+            "to fit the time: give one of them"
+        )
     net, cfg = resolve_configs(a)
     overrides = runtime_overrides(a)
+    state = None
     if a.resume is not None:
         from trainer.checkpoint import load_state
         from trainer.loop import grown_configs, resumed_configs
@@ -169,14 +177,33 @@ def cmd_train(a: argparse.Namespace) -> int:
             if not a.data:
                 raise ValueError(f"--data is required to train {a.resume} further (the faces to train on)")
             net, cfg = grown_configs(state, net, cfg)
+            cfg = dataclasses.replace(cfg, extra_kimg=a.extend_kimg or 0.0)
         else:
             net, cfg = resumed_configs(state, cfg.max_steps, a.extend_kimg or 0.0, overrides)
             a.data = a.data or state["data"]
-    elif a.extend_kimg is not None:
-        raise ValueError("--extend-kimg lengthens a resumed run; add --resume RUN")
+    elif a.extend_kimg is not None:  # a new run: its final stabilisation gets that much longer
+        cfg = dataclasses.replace(cfg, extra_kimg=a.extend_kimg)
+    kw = dict(cache_dir=a.cache_dir, cifar_class=a.cifar_class, allow_upscale=a.allow_upscale)
     if a.dry_run:
         print(json.dumps({"net": dataclasses.asdict(net), "train": cfg.to_json(), "data": a.data}, indent=2))
-        print(describe_schedule(net, cfg))
+        if a.minutes is None or (state is not None and not state.get("model_checkpoint")):
+            print(describe_schedule(net, cfg))
+        else:  # the plan this machine would make: data decode and throughput probe, no training
+            print(f"planning {a.minutes:g} minutes on this machine (decode, throughput probe) …", flush=True)
+            print(
+                plan_run(
+                    net,
+                    cfg,
+                    a.data,
+                    resume=a.resume,
+                    resume_state=state,
+                    progress=not a.quiet,
+                    minutes=a.minutes,
+                    grow_fraction=a.grow_fraction,
+                    overrides=overrides,
+                    **kw,
+                )
+            )
         return 0
     result = train(
         net,
@@ -184,14 +211,13 @@ def cmd_train(a: argparse.Namespace) -> int:
         a.data,
         a.out,
         resume=a.resume,
+        resume_state=state,
         extend_kimg=a.extend_kimg or 0.0,
-        cache_dir=a.cache_dir,
-        cifar_class=a.cifar_class,
-        allow_upscale=a.allow_upscale,
         progress=not a.quiet,
         minutes=a.minutes,
         grow_fraction=a.grow_fraction,
         overrides=overrides,
+        **kw,
     )
     state_word = "finished" if result.done else "stopped"
     print(

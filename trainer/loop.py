@@ -360,13 +360,32 @@ def describe_schedule(net: NetConfig, cfg: TrainConfig, rates: dict[int, float] 
     return "\n".join(lines)
 
 
-def train(
+def train(net: NetConfig, cfg: TrainConfig, data: str | Path, out: str | Path, **kw: Any) -> TrainResult:
+    """Train (or resume) a run. With `minutes`, the run stops cleanly at that wall-clock deadline, and a
+    fresh run first plans its schedule to fit it (trainer/budget.py). Keywords: see `_run`."""
+    result = _run(net, cfg, data, out, dry_run=False, **kw)
+    assert isinstance(result, TrainResult)
+    return result
+
+
+def plan_run(net: NetConfig, cfg: TrainConfig, data: str | Path, **kw: Any) -> str:
+    """`train --dry-run`: the schedule a run would follow as a table; with `minutes`, the plan it would make
+    on this machine (the same data decode and throughput probe, so the expected minutes per phase are this
+    machine's), without training or writing anything."""
+    result = _run(net, cfg, data, "", dry_run=True, **kw)
+    assert isinstance(result, str)
+    return result
+
+
+def _run(
     net: NetConfig,
     cfg: TrainConfig,
     data: str | Path,
     out: str | Path,
     *,
+    dry_run: bool,
     resume: str | Path | None = None,
+    resume_state: dict[str, Any] | None = None,
     extend_kimg: float = 0.0,
     cache_dir: str | Path | None = None,
     cifar_class: str | None = None,
@@ -375,9 +394,9 @@ def train(
     minutes: float | None = None,
     grow_fraction: float = 0.4,
     overrides: dict[str, Any] | None = None,
-) -> TrainResult:
-    """Train (or resume) a run. With `minutes`, the run stops cleanly at that wall-clock deadline, and a
-    fresh run first plans its schedule to fit it (trainer/budget.py)."""
+) -> TrainResult | str:
+    """`resume_state`: the checkpoint at `resume` when the caller has loaded it already (the CLI does, to
+    check the command line against it), so it is read once."""
     started = time.monotonic()
     deadline = started + minutes * 60 if minutes else None
     d = init_distributed()
@@ -393,7 +412,7 @@ def train(
     # --- resume: the checkpoint's configs win; the run folder is the checkpoint's
     state = None
     if resume is not None:
-        state = load_state(resume)
+        state = resume_state if resume_state is not None else load_state(resume)
         if state.get("model_checkpoint"):
             net, cfg = grown_configs(state, net, cfg)
         else:
@@ -421,19 +440,6 @@ def train(
     num_images = len(pyramid[net.max_res])
 
     data_index = zip_index(Path(data)) if str(data).endswith(".zip") else {}
-
-    # --- run folder
-    if continuing:
-        assert state is not None
-        run_dir = Path(state["path"]).parent
-    elif d.main:
-        run_dir = next_run_dir(Path(out), f"{net.arch}-{cfg.preset}-{net.max_res}")
-    else:
-        run_dir = Path(out)
-    if d.world > 1:
-        obj = [str(run_dir)]
-        dist.broadcast_object_list(obj, src=0)
-        run_dir = Path(obj[0])
 
     # --- networks, EMA, optimizers
     G, D = build_networks(net)
@@ -482,6 +488,7 @@ def train(
     reals_on_device = DeviceImages(pyramid, device)  # one resolution at a time, shared with the probe
 
     # --- a time budget: plan a fresh run's schedule from a throughput probe on this machine
+    rates: dict[int, float] | None = None
     if deadline is not None and not continuing and net.arch == "progan":
         from trainer.budget import plan_to_fit, probe_throughput
 
@@ -495,9 +502,26 @@ def train(
         phases = schedule(net, cfg)
         total_nimg = int(round(sum(p.kimg for p in phases) * 1000))
         ctx = dataclasses.replace(ctx, cfg=cfg)
-        if d.main:
-            (run_dir / "plan.txt").write_text(describe_schedule(net, cfg, rates) + "\n")
-            print(describe_schedule(net, cfg, rates), flush=True)
+
+    if dry_run:  # the schedule (and the plan, with `minutes`) this run would follow; nothing written
+        return describe_schedule(net, cfg, rates)
+
+    # --- run folder
+    if continuing:
+        assert state is not None
+        run_dir = Path(state["path"]).parent
+    elif d.main:
+        run_dir = next_run_dir(Path(out), f"{net.arch}-{cfg.preset}-{net.max_res}")
+    else:
+        run_dir = Path(out)
+    if d.world > 1:
+        obj = [str(run_dir)]
+        dist.broadcast_object_list(obj, src=0)
+        run_dir = Path(obj[0])
+
+    if d.main and rates:
+        (run_dir / "plan.txt").write_text(describe_schedule(net, cfg, rates) + "\n")
+        print(describe_schedule(net, cfg, rates), flush=True)
 
     # --- fixed latents for the grids
     grid_n = min(cfg.grid_size**2, 64)

@@ -143,6 +143,34 @@ def test_minutes_run_plans_and_stops_at_its_deadline(
     assert main([*args, "--out", str(tmp_path), "--minutes", "-1"]) == 2
 
 
+def test_dry_run_with_minutes_prints_this_machines_plan(
+    faces_zip: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--data", str(faces_zip), "--preset", "tiny", "--max-res", "16", "--quiet"]
+    out = tmp_path / "runs"
+    assert main([*args, "--out", str(out), "--cache-dir", str(cache_dir), "--dry-run", "--minutes", "2"]) == 0
+    printed = capsys.readouterr().out
+    table = printed[printed.index("phase   res") :].splitlines()
+    assert "img/s" in table[0] and "minutes" in table[0]
+    rows = [line.split() for line in table[1:-1]]
+    assert [r[1] for r in rows] == ["4", "8", "8", "16", "16"]
+    assert all(float(r[-1]) > 0 and float(r[-2]) > 0 for r in rows)  # img/s and minutes per phase
+    planned = float(table[-1].split(",")[1].split()[0])  # "total … kimg, M minutes of steps"
+    assert 1.0 < planned < 2.0  # the steps fit the budget, less set-up and the final save
+    assert not out.exists()  # a dry run writes no run folder
+
+
+def test_minutes_too_short_for_the_first_phase(
+    faces_zip: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["train", "--data", str(faces_zip), "--preset", "tiny", "--max-res", "16", "--quiet"]
+    out = tmp_path / "runs"
+    assert main([*args, "--out", str(out), "--cache-dir", str(cache_dir), "--minutes", "0.002"]) == 2
+    err = capsys.readouterr().err
+    assert "--minutes" in err and ("too short" in err or "no time to train" in err)
+    assert not out.exists() or not any(out.glob("*/checkpoint.pt"))
+
+
 def test_two_ranks_share_one_plan_and_one_deadline(faces_dir: Path, tmp_path: Path) -> None:
     """Under DDP every rank follows rank 0's plan and all stop at the same step when time is up (a rank
     that stopped alone would leave the others hanging in an all-reduce). Its own decode cache: an 8x8

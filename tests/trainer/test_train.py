@@ -270,4 +270,15 @@ def test_extend_kimg_lengthens_a_finished_run(tiny_run: Path, tmp_path: Path) ->
     assert main(["train", "--quiet", "--resume", str(run), "--extend-kimg", "0.032"]) == 0
     after = load_state(run)
     assert after["cur_nimg"] == before + 32 and after["train_cfg"]["extra_kimg"] == 0.032
-    assert main(["train", "--quiet", "--data", str(tmp_path), "--extend-kimg", "1"]) != 0
+
+
+def test_extend_kimg_lengthens_a_new_run(faces_dir: Path, cache_dir: Path, tmp_path: Path, capsys) -> None:
+    args = ["--data", str(faces_dir), "--max-res", "8", "--out", str(tmp_path), "--cache-dir", str(cache_dir)]
+    assert _train(*args, "--extend-kimg", "0.016") == 0
+    (run,) = tmp_path.iterdir()
+    state = load_state(run)  # tiny to 8x8: 32 images at 4, 32 fading, 32 + 16 stabilising
+    assert state["cur_nimg"] == 3 * 32 + 16 and state["train_cfg"]["extra_kimg"] == 0.016
+    assert _train(*args, "--extend-kimg", "-1") == 2
+    assert _train(*args, "--extend-kimg", "1", "--minutes", "1") == 2
+    err = capsys.readouterr().err
+    assert "--extend-kimg must be positive" in err and "give one of them" in err
