@@ -12,9 +12,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
+from torch import nn
 
 from trainer.config import NetConfig, Phase, TrainConfig
 
@@ -47,10 +48,16 @@ def probe_throughput(
     device copy of the data, so nothing is uploaded twice."""
     from trainer.loop import fade_reals, make_optimizer, sample_reals, train_step
 
+    G = copy.deepcopy(getattr(ctx.G, "_orig_mod", ctx.G))  # the eager module under a compiled one
+    D = copy.deepcopy(getattr(ctx.D, "_orig_mod", ctx.D))
+    G_step, D_step = (
+        (torch.compile(G, dynamic=False), torch.compile(D, dynamic=False)) if ctx.cfg.compile else (G, D)
+    )
     probe = dataclasses.replace(
         ctx,
-        G=copy.deepcopy(ctx.G),
-        D=copy.deepcopy(ctx.D),
+        G=cast(nn.Module, G_step),
+        D=cast(nn.Module, D_step),
+        D_eager=D,
         gen=torch.Generator(device=ctx.device).manual_seed(987654321),
     )
     rates: dict[int, float] = {}

@@ -220,6 +220,17 @@ class StepContext:
     scaler: torch.amp.GradScaler | None
     gen: torch.Generator
     d: Dist
+    D_eager: nn.Module | None = None  # with --compile: the uncompiled D, for the penalties' double backward
+
+    def penalty_critic(self, res: int, alpha: float) -> Any:
+        """D as the gradient penalty and R1 call it: never compiled (aot_autograd cannot double-backward)."""
+        D = self.D_eager if self.D_eager is not None else self.D
+        return lambda x: D(x, res, alpha)
+
+    def net_alpha(self, alpha: float) -> float | Tensor:
+        """A compiled G and D take a fade's alpha as a 0-d tensor: one graph for the whole fade rather than a
+        recompile for every value (and dynamo's recompile limit after eight)."""
+        return torch.tensor(alpha, device=self.device) if self.cfg.compile and alpha < 1.0 else alpha
 
 
 def penalty_autocast(c: StepContext) -> Any:
@@ -234,22 +245,23 @@ def d_step(
     """One critic step; returns detached device scalars (read once per tick, never per step)."""
     n = reals.shape[0]
     z = torch.randn(n, c.net.z_dim, generator=c.gen, device=c.device)
+    a = c.net_alpha(alpha)
     with c.autocast:
-        fake = c.G(z, res, alpha).detach()
-        real_score = c.D(reals, res, alpha)
-        fake_score = c.D(fake, res, alpha)
+        fake = c.G(z, res, a).detach()
+        real_score = c.D(reals, res, a)
+        fake_score = c.D(fake, res, a)
     stats: dict[str, Tensor] = {}
     if c.cfg.loss == "wgan-gp" and c.net.arch == "progan":
         eps = torch.rand(n, generator=c.gen, device=c.device)
         with penalty_autocast(c):
-            gp = losses.gradient_penalty(lambda x: c.D(x, res, alpha), reals, fake, eps, c.cfg.gp_target)
+            gp = losses.gradient_penalty(c.penalty_critic(res, alpha), reals, fake, eps, c.cfg.gp_target)
         loss = losses.wgan_d_loss(real_score, fake_score, gp, c.cfg.gp_lambda, c.cfg.drift)
         stats["gp"] = gp.detach().mean()
     else:
         loss = losses.logistic_d_loss(real_score, fake_score, c.cfg.label_smoothing)
         if c.net.arch == "progan" and c.cfg.r1_gamma > 0:
             with penalty_autocast(c):
-                r1 = losses.r1_penalty(lambda x: c.D(x, res, alpha), reals)
+                r1 = losses.r1_penalty(c.penalty_critic(res, alpha), reals)
             loss = loss + 0.5 * c.cfg.r1_gamma * r1.mean()
             stats["r1"] = r1.detach().mean()
     opt.zero_grad(set_to_none=True)
@@ -269,8 +281,9 @@ def d_step(
 
 def g_step(c: StepContext, n: int, res: int, alpha: float, opt: torch.optim.Optimizer) -> dict[str, Tensor]:
     z = torch.randn(n, c.net.z_dim, generator=c.gen, device=c.device)
+    a = c.net_alpha(alpha)
     with c.autocast:
-        fake_score = c.D(c.G(z, res, alpha), res, alpha)
+        fake_score = c.D(c.G(z, res, a), res, a)
     loss = (
         losses.wgan_g_loss(fake_score)
         if c.cfg.loss == "wgan-gp" and c.net.arch == "progan"
@@ -482,8 +495,11 @@ def _run(
     scaler = torch.amp.GradScaler("cuda") if use_amp and cfg.amp == "fp16" else None
     G_step, D_step = G, D
     if cfg.compile:
-        G_step, D_step = torch.compile(G), torch.compile(D)  # type: ignore[assignment]
-    ctx = StepContext(G_step, D_step, net, cfg, device, autocast, scaler, gen, d)
+        # static shapes and ints: each resolution (and minibatch) is its own graph anyway, and a dynamic
+        # `res` would break the graph where the layers are looked up by name
+        G_step = torch.compile(G, dynamic=False)  # type: ignore[assignment]
+        D_step = torch.compile(D, dynamic=False)  # type: ignore[assignment]
+    ctx = StepContext(G_step, D_step, net, cfg, device, autocast, scaler, gen, d, D_eager=D)
 
     reals_on_device = DeviceImages(pyramid, device)  # one resolution at a time, shared with the probe
 

@@ -40,6 +40,17 @@ class EqualizedConv2d(nn.Module):
         return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
 
 
+def fading(alpha: float | Tensor) -> bool:
+    """Whether the fade's blend runs: a float alpha below 1, or any tensor alpha (a 0-d tensor is how a
+    compiled step passes the fade's alpha, so that one graph serves every value of it)."""
+    return isinstance(alpha, Tensor) or alpha < 1.0
+
+
+def blend(old: Tensor, new: Tensor, alpha: float | Tensor) -> Tensor:
+    """lerp(old, new, alpha) in `old`'s dtype (under autocast the two branches can differ)."""
+    return torch.lerp(old, new.to(old.dtype), alpha.to(old.dtype) if isinstance(alpha, Tensor) else alpha)
+
+
 class PixelNorm(nn.Module):
     """Normalise each pixel's feature vector to unit length (paper, section 4.2)."""
 
@@ -138,7 +149,8 @@ class Generator(nn.Module):
 
     def features(self, z: Tensor, res: int) -> tuple[Tensor, Tensor | None]:
         """Features at `res` and at `res / 2` (None at 4x4)."""
-        assert z.ndim == 2 and z.shape[1] == self.z_dim, f"z must be [N, {self.z_dim}], got {list(z.shape)}"
+        if z.ndim != 2 or z.shape[1] != self.z_dim:  # (no assert: dynamo would format its message)
+            raise ValueError(f"z must be [N, {self.z_dim}], got {list(z.shape)}")
         x = self.norm(z)
         prev = None
         for r in self.cfg.resolutions:
@@ -148,14 +160,14 @@ class Generator(nn.Module):
             x = self.blocks[res_key(r)](x)
         return x, prev
 
-    def forward(self, z: Tensor, res: int | None = None, alpha: float = 1.0) -> Tensor:
+    def forward(self, z: Tensor, res: int | None = None, alpha: float | Tensor = 1.0) -> Tensor:
         res = res or self.max_res
         assert res in self.cfg.resolutions, f"res {res} not in {self.cfg.resolutions}"
         x, prev = self.features(z, res)
         img = self.to_rgb[res_key(res)](x)
-        if prev is not None and alpha < 1.0:
+        if prev is not None and fading(alpha):
             old = upsample2x(self.to_rgb[res_key(res // 2)](prev))
-            img = torch.lerp(old, img.to(old.dtype), alpha)
+            img = blend(old, img, alpha)
         return img
 
 
@@ -206,15 +218,16 @@ class Discriminator(nn.Module):
                 if isinstance(m, EqualizedConv2d | EqualizedLinear):
                     nn.utils.parametrizations.spectral_norm(m, name="weight")
 
-    def forward(self, img: Tensor, res: int | None = None, alpha: float = 1.0) -> Tensor:
+    def forward(self, img: Tensor, res: int | None = None, alpha: float | Tensor = 1.0) -> Tensor:
         res = res or self.cfg.max_res
-        assert img.shape[-1] == res and img.shape[-2] == res, f"expected {res}x{res}, got {list(img.shape)}"
+        if img.shape[-1] != res or img.shape[-2] != res:
+            raise ValueError(f"expected {res}x{res} images, got {list(img.shape)}")
         x = lrelu(self.from_rgb[res_key(res)](img))
         if res > 4:
             x = self.blocks[res_key(res)](x)
-            if alpha < 1.0:
+            if fading(alpha):
                 old = lrelu(self.from_rgb[res_key(res // 2)](downsample2x(img)))
-                x = torch.lerp(old, x.to(old.dtype), alpha)
+                x = blend(old, x, alpha)
             r = res // 2
             while r > 4:
                 x = self.blocks[res_key(r)](x)

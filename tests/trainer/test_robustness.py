@@ -152,3 +152,45 @@ def test_weights_beyond_float16_never_reach_a_model_folder(
     assert main(["export", str(run), "--out", str(model), "--force"]) != 0
     assert "inf or nan in float16" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("loss", ["wgan-gp", "logistic"])
+def test_compile_trains_through_a_fade_with_either_penalty(
+    loss: str, faces_dir: Path, cache_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """--compile with the gradient penalty (WGAN-GP) and R1: both double-backward through D, which a
+    compiled D cannot do, so the penalties use the eager D; and a fade's alpha reaches the compiled
+    networks as a tensor, so the 12 steps of this fade do not compile 12 graphs. aot_eager stands in for
+    inductor (same dynamo capture and aot_autograd, no C++ compiler needed on CPU)."""
+    import functools
+    import logging
+
+    from torch._dynamo.utils import counters
+
+    reasons: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            reasons.append(record.getMessage())
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch._logging.set_logs(recompiles=True)
+    handler = Collect()
+    logging.getLogger("torch._dynamo.guards.__recompiles").addHandler(handler)
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    argv = ["train", "--preset", "tiny", "--quiet", "--data", str(faces_dir), "--max-res", "8", "--compile"]
+    argv += ["--loss", loss, "--fade-kimg", "0.096", "--out", str(tmp_path), "--cache-dir", str(cache_dir)]
+    try:
+        assert main(argv) == 0
+    finally:
+        logging.getLogger("torch._dynamo.guards.__recompiles").removeHandler(handler)
+        torch._logging.set_logs()
+    (run,) = tmp_path.iterdir()
+    state = load_state(run)
+    assert state["res"] == 8 and state["steps"] == 4 + 12 + 4  # 32, 96 and 32 images at batch 8
+    assert all(torch.isfinite(t).all() for t in state["G"].values())
+    assert counters["stats"]["unique_graphs"] > 0  # the networks did run compiled
+    assert not [r for r in reasons if "alpha ==" in r], "a fade recompiles for every alpha"
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    torch._dynamo.reset()
