@@ -150,6 +150,24 @@ def runtime_overrides(a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def check_network_flags(a: argparse.Namespace, state: dict[str, Any]) -> None:
+    """A resumed checkpoint brings its own network: network flags that disagree with it are an error, not
+    silently ignored (nothing is trained or written)."""
+    have = state["net_cfg"]
+    given = {"z_dim": a.z_dim, "fmap_base": a.fmap_base, "fmap_max": a.fmap_max}
+    if a.arch != "progan":
+        given["arch"] = a.arch
+    if a.spectral_norm:
+        given["spectral_norm"] = True
+    wrong = [(k, v, have.get(k)) for k, v in given.items() if v is not None and v != have.get(k)]
+    if wrong:
+        said = ", ".join(f"--{k.replace('_', '-')} {v} (it has {h})" for k, v, h in wrong)
+        raise ValueError(
+            f"{a.resume} was trained with another network than the command line asks for: {said}. "
+            "A resumed checkpoint keeps its network; drop these flags, or train a new model without --resume"
+        )
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from trainer.config import schedule  # noqa: F401  (validates start_res)
     from trainer.loop import describe_schedule, plan_run, train
@@ -173,6 +191,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         from trainer.loop import grown_configs, resumed_configs
 
         state = load_state(a.resume)
+        check_network_flags(a, state)
         if state.get("model_checkpoint"):  # a model folder: continue or grow it in a new run
             if not a.data:
                 raise ValueError(f"--data is required to train {a.resume} further (the faces to train on)")

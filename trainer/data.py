@@ -235,11 +235,18 @@ def _decode_zip(src: Source, res: int, progress: bool) -> np.ndarray:
     """A prepare-data archive holds square crops already: decode, resize only if its size differs."""
     names = zip_members(src.path)
     out = np.empty((len(names), res, res, 3), dtype=np.uint8)
+    side = zip_index(src.path).get("resolution")  # every image at the archive's one resolution
     for i, (name, im) in enumerate(
         tqdm(_zip_images(src.path), total=len(names), desc=f"decoding {src.path.name}", disable=not progress)
     ):
         if im.size[0] != im.size[1]:
             raise DataError(f"{src.path}: {name} is {im.size[0]}x{im.size[1]}; archive images must be square")
+        side = side or im.size[0]  # a plain zip: the first image's size
+        if im.size[0] != side:
+            raise DataError(
+                f"{src.path}: {name} is {im.size[0]}x{im.size[1]}, but the archive's images are {side}x{side}: "
+                "one archive holds one resolution (make it again with prepare-data)"
+            )
         img = im.convert("RGB")
         if img.size[0] != res:
             img = img.resize((res, res), Image.Resampling.LANCZOS)

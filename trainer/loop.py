@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -137,7 +138,9 @@ def all_finite(*modules: nn.Module) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
+@functools.cache
 def git_commit() -> str:
+    """The checkout's commit, asked of git once per process (checkpoints record it; no subprocess per save)."""
     if os.environ.get("PROGAN_COMMIT"):  # machines that get a copy of the tree without .git
         return os.environ["PROGAN_COMMIT"]
     try:

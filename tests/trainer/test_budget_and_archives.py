@@ -276,3 +276,89 @@ def test_training_needs_no_jsonschema_or_pydantic(faces_dir: Path) -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_archive_with_an_image_of_another_size(
+    faces_zip: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    mixed = tmp_path / "mixed.zip"
+    shutil.copy(faces_zip, mixed)
+    odd = tmp_path / "odd.webp"
+    Image.new("RGB", (24, 24), (128, 90, 70)).save(odd)
+    with zipfile.ZipFile(mixed, "a") as zf:
+        zf.write(odd, "img/zz-odd.webp")
+    with pytest.raises(DataError, match="zz-odd.webp is 24x24, but the archive's images are 32x32"):
+        load_images(mixed, 16, cache_dir=tmp_path / "c", progress=False)
+    out = tmp_path / "runs"
+    argv = [
+        "train",
+        "--data",
+        str(mixed),
+        "--preset",
+        "tiny",
+        "--max-res",
+        "16",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert main([*argv, "--cache-dir", str(tmp_path / "c2")]) == 2
+    assert "one archive holds one resolution" in capsys.readouterr().err
+    assert not out.exists() or not any(out.glob("*/checkpoint.pt"))
+
+
+def test_network_flags_that_contradict_the_checkpoint(
+    tiny_model_dir: Path, tiny_run: Path, faces_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved = (tiny_run / "checkpoint.pt").read_bytes()
+    argv = ["train", "--resume", str(tiny_model_dir), "--data", str(faces_dir), "--quiet", "--fmap-max", "64"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "another network" in err and "--fmap-max 64 (it has 16)" in err
+    assert main(["train", "--resume", str(tiny_run), "--z-dim", "99", "--quiet"]) == 2
+    assert "--z-dim 99 (it has 32)" in capsys.readouterr().err
+    assert (tiny_run / "checkpoint.pt").read_bytes() == saved
+
+
+def test_model_checkpoint_round_trip(tiny_run: Path, tmp_path: Path) -> None:
+    from trainer.checkpoint import NETS, save_model_checkpoint
+
+    state = load_state(tiny_run)
+    path = tmp_path / MODEL_CHECKPOINT
+    save_model_checkpoint(state, path)
+    back = load_state(path)
+    for net in NETS:
+        assert back[net].keys() == state[net].keys()
+        for name, t in state[net].items():
+            want = t.half().float() if t.is_floating_point() else t
+            assert torch.equal(back[net][name], want), f"{net}.{name}"
+    for key in ("net_cfg", "train_cfg", "res", "cur_nimg", "steps", "data", "data_index"):
+        assert back[key] == json.loads(json.dumps(state[key])), (
+            key
+        )  # metadata is JSON: tuples come back lists
+    assert back["kimg"] == pytest.approx(state["kimg"]) and back["model_checkpoint"] and not back["opt_G"]
+
+
+def test_gpu_preset_checkpoint_at_256_fits_40_mb(tmp_path: Path) -> None:
+    """The issue's size budget for a model folder's checkpoint: G, D and G_ema of the `gpu` network at 256
+    in fp16, no optimizer state."""
+    import copy
+    import dataclasses
+
+    from trainer.checkpoint import save_model_checkpoint
+
+    net_kw, train_kw = preset("gpu")
+    net = NetConfig(max_res=256, **net_kw)
+    G, D = build_networks(net)
+    state = {
+        "net_cfg": dataclasses.asdict(net),
+        "train_cfg": TrainConfig(**train_kw).to_json(),
+        "G": G.state_dict(),
+        "D": D.state_dict(),
+        "G_ema": copy.deepcopy(G).state_dict(),
+        "res": 256,
+    }
+    size = save_model_checkpoint(state, tmp_path / MODEL_CHECKPOINT)
+    assert size <= 40e6, f"{size / 1e6:.1f} MB"
