@@ -292,19 +292,8 @@ def test_archive_with_an_image_of_another_size(
     with pytest.raises(DataError, match="zz-odd.webp is 24x24, but the archive's images are 32x32"):
         load_images(mixed, 16, cache_dir=tmp_path / "c", progress=False)
     out = tmp_path / "runs"
-    argv = [
-        "train",
-        "--data",
-        str(mixed),
-        "--preset",
-        "tiny",
-        "--max-res",
-        "16",
-        "--out",
-        str(out),
-        "--quiet",
-    ]
-    assert main([*argv, "--cache-dir", str(tmp_path / "c2")]) == 2
+    argv = ["train", "--data", str(mixed), "--preset", "tiny", "--max-res", "16", "--quiet"]
+    assert main([*argv, "--out", str(out), "--cache-dir", str(tmp_path / "c2")]) == 2
     assert "one archive holds one resolution" in capsys.readouterr().err
     assert not out.exists() or not any(out.glob("*/checkpoint.pt"))
 
