@@ -1,6 +1,8 @@
 """Images/s of one full training step (D step with WGAN-GP + G step) per resolution, for the `paper` and
-`fast` architectures, on CPU and on CUDA when present. On CUDA each resolution is also run in fp32 without
-channels_last in the same process, so the speed-ups of bf16 + channels_last + TF32 show as ratios.
+`fast` architectures, on CPU and on CUDA when present. Each row times the fast configuration (fused_scale;
+on CUDA also bf16 autocast, channels_last, TF32) and, in the same process, the plain step (fp32 with TF32
+off, NCHW, unfused), so the speed-up shows as a ratio; GFLOP per image is counted, so the achieved TFLOP/s
+and on CUDA the share of the bf16 peak follow.
 
     python bench/train_throughput.py [--res 4,8,16,32,64,128,256] [--steps 5] [--presets paper,fast] [--cpu]
 
@@ -14,6 +16,7 @@ table, mid-fade), at the same network size and batch:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from contextlib import nullcontext
 
@@ -118,22 +121,23 @@ def main() -> None:
     ap.add_argument(
         "--alpha", type=float, default=1.0, help="fade alpha of the timed steps (the anchor: 0.5)"
     )
-    ap.add_argument("--no-baseline", action="store_true", help="on CUDA, skip the fp32 NCHW baseline rows")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the plain baseline rows")
+    ap.add_argument("--no-fused", action="store_true", help="time the fast configuration without fused_scale")
     a = ap.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() and not a.cpu else "cpu")
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({torch.get_num_threads()} threads)"
-    )
-    if device.type == "cuda":
+    cuda = torch.cuda.is_available() and not a.cpu
+    device = torch.device("cuda" if cuda else "cpu")
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+    fused = not a.no_fused
+    fast_name = ("bf16+CL+TF32" if cuda else "fp32") + ("+fused" if fused else "")
     print(f"device: {name}; torch {torch.__version__}; {a.steps} timed steps per row")
-    head = f"| preset | res | batch | img/s ({'bf16+CL+TF32' if device.type == 'cuda' else 'fp32'}) |"
-    head += " img/s fp32 NCHW | speed-up |" if device.type == "cuda" and not a.no_baseline else ""
-    peak = bf16_peak(name) if device.type == "cuda" else None
+    head = f"| preset | res | batch | img/s ({fast_name}) |"
+    if not a.no_baseline:
+        head += f" img/s ({'fp32 NCHW' if cuda else 'fp32'}, unfused) | speed-up |"
+    peak = bf16_peak(name) if cuda else None
     head += " GFLOP/img | TFLOP/s |" + (f" share of bf16 peak ({peak:.0f}) |" if peak else "")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
@@ -142,16 +146,17 @@ def main() -> None:
         net_kw.update({k: v for k, v in (("z_dim", a.z_dim), ("fmap_max", a.fmap_max)) if v is not None})
         cfg = TrainConfig(**train_kw)
         for res in (int(r) for r in a.res.split(",")):
-            net = NetConfig(max_res=res, **net_kw)
+            plain = NetConfig(max_res=res, **net_kw)
+            net = dataclasses.replace(plain, fused_scale=fused)
             batch = a.batch or (ZOO_BATCH[res] if a.zoo_batch else cfg.batch(res))
-            fast = step_rate(net, cfg, res, batch, a.steps, device, "bf16", device.type == "cuda", a.alpha)
+            fast = step_rate(net, cfg, res, batch, a.steps, device, "bf16", cuda, a.alpha)
             row = f"| {pname} | {res} | {batch} | {fast:.1f} |"
-            if device.type == "cuda" and not a.no_baseline:
+            if not a.no_baseline:  # fp32 (TF32 off on CUDA), NCHW, unfused: the same step as first written
                 torch.backends.cuda.matmul.allow_tf32 = False
                 torch.backends.cudnn.allow_tf32 = False
-                base = step_rate(net, cfg, res, batch, a.steps, device, "off", False, a.alpha)
-                torch.backends.cuda.matmul.allow_tf32 = True
-                torch.backends.cudnn.allow_tf32 = True
+                base = step_rate(plain, cfg, res, batch, a.steps, device, "off", False, a.alpha)
+                torch.backends.cuda.matmul.allow_tf32 = cuda
+                torch.backends.cudnn.allow_tf32 = cuda
                 row += f" {base:.1f} | {fast / base:.2f}x |"
             gflop = step_gflop(net, res, a.alpha)
             row += f" {gflop:.1f} | {gflop * fast / 1000:.2f} |"

@@ -44,6 +44,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--r1-gamma", type=float)
     p.add_argument("--label-smoothing", type=float, help="one-sided: real target 1 - s (logistic loss)")
     p.add_argument("--spectral-norm", action="store_true", help="spectral normalisation of D's layers")
+    p.add_argument(
+        "--fused-scale",
+        action="store_true",
+        help="G's up-sample + conv as one 4x4 stride-2 transposed conv (the same function) and D's conv + "
+        "down-sample as one strided conv (activation after it, as the official fused_scale): fewer FLOPs",
+    )
     p.add_argument("--ema-beta", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--amp", choices=["bf16", "fp16", "off"], help="CUDA mixed precision (default bf16)")
@@ -113,6 +119,8 @@ def resolve_configs(a: argparse.Namespace) -> tuple[NetConfig, TrainConfig]:
             target[key] = getattr(a, arg)
     if a.spectral_norm:
         net_kw["spectral_norm"] = True
+    if a.fused_scale:
+        net_kw["fused_scale"] = True
     if a.batch is not None:
         train_kw.update(batch_by_res={}, default_batch=a.batch)
     if a.lr is not None:
@@ -153,12 +161,14 @@ def runtime_overrides(a: argparse.Namespace) -> dict[str, Any]:
 def check_network_flags(a: argparse.Namespace, state: dict[str, Any]) -> None:
     """A resumed checkpoint brings its own network: network flags that disagree with it are an error, not
     silently ignored (nothing is trained or written)."""
-    have = state["net_cfg"]
+    have = {**dataclasses.asdict(NetConfig()), **state["net_cfg"]}  # older checkpoints: the defaults
     given = {"z_dim": a.z_dim, "fmap_base": a.fmap_base, "fmap_max": a.fmap_max}
     if a.arch != "progan":
         given["arch"] = a.arch
     if a.spectral_norm:
         given["spectral_norm"] = True
+    if a.fused_scale:
+        given["fused_scale"] = True
     wrong = [(k, v, have.get(k)) for k, v in given.items() if v is not None and v != have.get(k)]
     if wrong:
         said = ", ".join(f"--{k.replace('_', '-')} {v} (it has {h})" for k, v, h in wrong)

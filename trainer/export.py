@@ -31,7 +31,7 @@ from trainer.checkpoint import (
     save_model_checkpoint,
 )
 from trainer.config import TrainConfig, locate, schedule
-from trainer.networks import EqualizedConv2d, EqualizedLinear, Generator, PixelNorm, res_key
+from trainer.networks import EqualizedConv2d, EqualizedLinear, GBlock, Generator, PixelNorm, res_key
 
 if TYPE_CHECKING:
     from contract.manifest import Manifest
@@ -167,8 +167,12 @@ class ChannelL2Norm(nn.Module):
 
 
 def onnx_friendly(module: nn.Module) -> nn.Module:
-    """A copy with every PixelNorm replaced by its ChannelL2Norm form (the module itself is untouched)."""
+    """A copy with every PixelNorm replaced by its ChannelL2Norm form and G's fused up-sampling convs in
+    their plain form (the same function; plain ops for every runtime); the module itself is untouched."""
     module = copy.deepcopy(module)
+    for block in module.modules():
+        if isinstance(block, GBlock):
+            block.fused = False
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if isinstance(child, PixelNorm):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -130,3 +131,49 @@ def test_dcgan_baseline_shapes() -> None:
     img = G(torch.randn(4, 16))
     assert img.shape == (4, 3, 32, 32) and img.abs().max() <= 1
     assert D(img).shape == (4, 1)
+
+
+def test_fused_up_and_down_convs_equal_the_plain_layers() -> None:
+    """The 4x4 stride-2 kernels (the official code's fused_scale) against nearest up-sampling then the 3x3
+    conv, and the 3x3 conv then 2x2 average pooling: the same numbers to float64 rounding."""
+    torch.manual_seed(0)
+    conv = EqualizedConv2d(5, 7, 3).double()
+    with torch.no_grad():
+        conv.bias.normal_()
+    x = torch.randn(2, 5, 8, 8, dtype=torch.float64)
+    up = conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    assert conv.up2(x).shape == up.shape == (2, 7, 16, 16)
+    assert torch.allclose(conv.up2(x), up, rtol=0, atol=1e-12)
+    down = F.avg_pool2d(conv(x), 2)
+    assert conv.down2(x).shape == down.shape == (2, 7, 4, 4)
+    assert torch.allclose(conv.down2(x), down, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("res", [8, 16, 32])
+@pytest.mark.parametrize("alpha", [0.3, 1.0])
+def test_fused_generator_is_the_same_function(nets, res: int, alpha: float) -> None:
+    """G with fused up-sampling convs, given the plain G's weights, draws the same images: a model trained
+    either way can be served either way (the export writes the plain form)."""
+    G, _ = nets
+    fused = Generator(dataclasses.replace(CFG, fused_scale=True)).double().eval()
+    fused.load_state_dict(G.state_dict())
+    plain = Generator(CFG).double().eval()
+    plain.load_state_dict(G.state_dict())
+    z = torch.randn(3, CFG.z_dim, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(fused(z, res, alpha), plain(z, res, alpha), rtol=0, atol=1e-10)
+
+
+def test_fused_discriminator_block_pools_before_its_activation() -> None:
+    """D's fused block is lrelu(pool(conv1(...))), as the official fused_scale (pooling and leaky ReLU do
+    not commute, so this is a choice of network, kept in NetConfig and every checkpoint)."""
+    from trainer.networks import DBlock
+
+    torch.manual_seed(1)
+    block = DBlock(4, 6, fused=True).double()
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    h = F.leaky_relu(block.conv0(x), 0.2)
+    want = F.leaky_relu(F.avg_pool2d(block.conv1(h), 2), 0.2)
+    assert torch.allclose(block(x), want, rtol=0, atol=1e-12)
+    D = Discriminator(dataclasses.replace(CFG, fused_scale=True))
+    assert D.state_dict().keys() == Discriminator(CFG).state_dict().keys()  # the same parameters

@@ -282,3 +282,22 @@ def test_extend_kimg_lengthens_a_new_run(faces_dir: Path, cache_dir: Path, tmp_p
     assert _train(*args, "--extend-kimg", "1", "--minutes", "1") == 2
     err = capsys.readouterr().err
     assert "--extend-kimg must be positive" in err and "give one of them" in err
+
+
+def test_fused_scale_trains_and_exports(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    args = ["--data", str(faces_dir), "--max-res", "8", "--out", str(runs), "--cache-dir", str(cache_dir)]
+    assert _train(*args, "--fused-scale", "--max-steps", "10") == 0  # 4x4, the fade, into the 8x8 stab
+    (run,) = runs.iterdir()
+    state = load_state(run)
+    assert state["net_cfg"]["fused_scale"] and state["steps"] == 10
+    assert main(["export", str(run), "--out", str(tmp_path / "model"), "--no-checkpoint"]) == 0
+    import onnxruntime as ort
+
+    lg = load_generator(run)
+    z = torch.randn(2, lg.z_dim, generator=torch.Generator().manual_seed(0))
+    sess = ort.InferenceSession(str(tmp_path / "model" / "G_8.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"z": z.numpy()})[0].astype(np.int16)
+    with torch.no_grad():
+        want = torch.round((lg.G(z, 8, 1.0) + 1) * 127.5).clamp(0, 255).permute(0, 2, 3, 1).numpy()
+    assert np.abs(got - want.astype(np.int16)).max() <= 2  # fp16-stored weights: a grey level or two
