@@ -21,20 +21,15 @@ from pathlib import Path
 
 import torch
 
-from trainer.checkpoint import NETS
+from trainer.checkpoint import atomic_torch_save, full_state, half_state, load_state
 
 PART_BYTES = 15 * 2**20
 
 
 def pack(run_dir: Path, out: Path) -> list[Path]:
-    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-    small = {k: v for k, v in state.items() if k not in ("opt_G", "opt_D", *NETS)}
-    for k in NETS:
-        small[k] = {n: t.half() if t.is_floating_point() else t for n, t in state[k].items()}
-    small["opt_G"], small["opt_D"] = {}, {}
-    small["opt_phase"] = -1  # fresh Adam on resume
+    state = load_state(run_dir)
     buf = io.BytesIO()
-    torch.save(small, buf)
+    torch.save(half_state(state), buf)
     blob = buf.getvalue()
     out.mkdir(parents=True, exist_ok=True)
     parts = []
@@ -64,12 +59,9 @@ def unpack(parts: list[Path], out_dir: Path) -> Path:
         meta = json.loads(meta_path.read_text())
         if hashlib.sha256(blob).hexdigest() != meta["sha256"] or len(parts) != meta["parts"]:
             raise SystemExit(f"error: the parts do not match {meta_path} (missing or damaged part)")
-    state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    for k in NETS:
-        state[k] = {n: t.float() if t.is_floating_point() else t for n, t in state[k].items()}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    state = full_state(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
     path = out_dir / "checkpoint.pt"
-    torch.save(state, path)
+    atomic_torch_save(state, path)
     return path
 
 

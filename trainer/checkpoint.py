@@ -168,6 +168,31 @@ def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> di
     return state
 
 
+def half_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A training checkpoint with G, D and G_ema in float16 and no optimizer state (Adam restarts on resume):
+    a third of the size, what a GPU lease carries back (scripts/gpu_checkpoint.py)."""
+    small = {k: v for k, v in state.items() if k not in ("opt_G", "opt_D", "path", *NETS)}
+    for k in NETS:
+        small[k] = {n: t.half() if t.is_floating_point() else t for n, t in state[k].items()}
+    small.update(opt_G={}, opt_D={}, opt_phase=-1)
+    return small
+
+
+def full_state(small: dict[str, Any]) -> dict[str, Any]:
+    """`half_state`'s result with float32 weights again: a checkpoint.pt that export, evaluate and
+    `train --resume` read like any other (fresh Adam state on resume)."""
+    if (
+        not isinstance(small, dict)
+        or small.get("format") != FORMAT_VERSION
+        or not all(k in small for k in NETS)
+    ):
+        raise CheckpointError(f"not a packed checkpoint of this trainer (format {FORMAT_VERSION})")
+    state = dict(small)
+    for k in NETS:
+        state[k] = {n: t.float() if t.is_floating_point() else t for n, t in small[k].items()}
+    return state
+
+
 def net_config(state: dict[str, Any]) -> NetConfig:
     fields = {f.name for f in dataclasses.fields(NetConfig)}
     return NetConfig(**{k: v for k, v in state["net_cfg"].items() if k in fields})
