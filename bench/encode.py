@@ -2,8 +2,8 @@
 
     python bench/encode.py            # faces from the bundled models; prints a table
 
-Images: 16 generated faces per row of the table, from models/celeba (64) and models/celeba-128 (128), and
-those 128 faces upscaled 2x (bicubic) for 256, as no bundled model reaches 256 yet. Same machine, same
+Images: 16 generated faces per row of the table, from models/celeba at 64 and 128, and those 128 faces
+upscaled 2x (bicubic) for 256, as no bundled model reaches 256 yet. Same machine, same
 process, same images; times are medians of single-image encodes (one thread).
 """
 
@@ -60,17 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--level", type=int, default=1, help="zlib level (the service's FACES_PNG_LEVEL)")
     args = p.parse_args(argv)
 
-    for model in ("celeba", "celeba-128"):
-        if not (args.models / model / "manifest.json").is_file():
-            sys.exit(f"{args.models / model}: bundled model not found (bench/encode.py encodes its faces)")
+    if not (args.models / "celeba" / "manifest.json").is_file():
+        sys.exit(f"{args.models / 'celeba'}: bundled model not found (bench/encode.py encodes its faces)")
     sets = {
         "64 (celeba)": faces(args.models / "celeba", 64, args.n),
-        "128 (celeba-128)": faces(args.models / "celeba-128", 128, args.n),
+        "128 (celeba)": faces(args.models / "celeba", 128, args.n),
     }
     sets["256 (128 upscaled)"] = np.stack(
         [
             np.asarray(Image.fromarray(f).resize((256, 256), Image.Resampling.BICUBIC))
-            for f in sets["128 (celeba-128)"]
+            for f in sets["128 (celeba)"]
         ]
     )
     print(f"PNG, zlib level {args.level}, median of {args.repeats} x {args.n} single-image encodes\n")

@@ -2,7 +2,7 @@
 batch, all in one process, with each model's cost as a ratio to the first one's. Tells operators of CPU
 hosts what a model costs before they serve it.
 
-    python bench/models_cpu.py [--models models/celeba,models/celeba-128] [--res 64] [--threads 2]
+    python bench/models_cpu.py [--models models/celeba,models/other] [--res 64] [--threads 2]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def ms_per_image(path: Path, z_dim: int, batch: int, threads: int, repeats: int)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="models/celeba,models/celeba-128")
+    ap.add_argument("--models", default="models/celeba")
     ap.add_argument("--res", default="64", help="comma list of resolutions every model has")
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--threads", type=int, default=2)

@@ -1,6 +1,6 @@
 """Rewrite the PixelNorm of already exported graphs into the form `trainer.export` now emits (one ReduceL2).
 
-    python scripts/pixelnorm_reducel2.py models/celeba models/celeba-128
+    python scripts/pixelnorm_reducel2.py models/NAME [models/OTHER ...]
 
 Graphs exported before that change compute PixelNorm as Pow -> ReduceMean -> Sqrt -> Reciprocal -> Mul. This
 rewrites each such chain into ReduceL2 -> Mul(C^-1/2) -> Add(eps) -> Div, the graph ChannelL2Norm exports,

@@ -265,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     export.add_arguments(
         sub.add_parser("export", help="export per-resolution ONNX generators + manifest.json")
     )
+    export.add_metrics_arguments(
+        sub.add_parser("add-metrics", help="embed evaluate's metrics_RES.json into a model's manifest.json")
+    )
     from trainer import evaluate, prepare
 
     prepare.add_arguments(
@@ -275,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers: dict[str, Any] = {
         "train": cmd_train,
         "export": export.run,
+        "add-metrics": export.run_add_metrics,
         "evaluate": evaluate.run,
         "prepare-data": prepare.run,
     }

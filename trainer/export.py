@@ -109,17 +109,23 @@ def fit_heads(
     for r in resolutions:
         if r >= top:
             continue
-        xs, ys = [], []
+        # the normal equations summed chunk by chunk: every pixel of every image is one row (4.2 M rows at
+        # 64 px under a 128 px model), which as one matrix took gigabytes; the sums take (C + 1)^2 numbers
+        ch = G.cfg.nf(r)
+        xtx = torch.zeros(ch + 1, ch + 1, dtype=torch.float64)
+        xty = torch.zeros(ch + 1, 3, dtype=torch.float64)
+        rows = 0
         for zc, fc in zip(z.split(128), full.split(128), strict=True):
             feat, _ = G.features(zc, r)  # [n, C, r, r]
             target = F.avg_pool2d(fc, top // r)  # [n, 3, r, r]
-            xs.append(feat.permute(0, 2, 3, 1).reshape(-1, feat.shape[1]).double())
-            ys.append(target.permute(0, 2, 3, 1).reshape(-1, 3).double())
-        X, Y = torch.cat(xs), torch.cat(ys)
-        X1 = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
-        ridge = 1e-4 * torch.eye(X1.shape[1], dtype=X.dtype) * len(X1)
-        W = torch.linalg.solve(X1.T @ X1 + ridge, X1.T @ Y)  # [C + 1, 3]
-        head = nn.Conv2d(X.shape[1], 3, 1)
+            X = feat.permute(0, 2, 3, 1).reshape(-1, feat.shape[1]).double()
+            X1 = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
+            xtx += X1.T @ X1
+            xty += X1.T @ target.permute(0, 2, 3, 1).reshape(-1, 3).double()
+            rows += len(X1)
+        ridge = 1e-4 * torch.eye(ch + 1, dtype=torch.float64) * rows
+        W = torch.linalg.solve(xtx + ridge, xty)  # [C + 1, 3]
+        head = nn.Conv2d(ch, 3, 1)
         head.weight.copy_(W[:-1].T.reshape(3, -1, 1, 1).float())
         head.bias.copy_(W[-1].float())  # type: ignore[union-attr]
         heads[r] = head
@@ -525,20 +531,63 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def read_metrics_files(files: list[str]) -> list[dict[str, Any]]:
+    metrics = []
+    for f in files:
+        try:
+            m = json.loads(Path(f).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read metrics file {f}: {e}") from e
+        if not isinstance(m, dict) or "resolution" not in m:
+            raise ValueError(f"{f} has no 'resolution'; is it a metrics_RES.json written by `evaluate`?")
+        metrics.append(m)
+    return metrics
+
+
+def add_metrics(model_dir: str | Path, metrics: list[dict[str, Any]]) -> Manifest:
+    """Embed `evaluate`'s figures into an exported model's manifest.json (replacing those of the same
+    resolutions), without exporting again: evaluation takes an hour on a CPU, after the export."""
+    from contract.manifest import MANIFEST_FILE, Manifest, read_manifest
+
+    folder = Path(model_dir)
+    manifest = read_manifest(folder)
+    unknown = [m["resolution"] for m in metrics if int(m["resolution"]) not in manifest.resolutions]
+    if unknown:
+        raise ValueError(
+            f"{folder} serves {sorted(manifest.resolutions)}, not {unknown}: these metrics are of another model"
+        )
+    merged = {**manifest.metrics, **{str(m["resolution"]): m for m in metrics}}
+    updated = Manifest.model_validate(
+        {**manifest.model_dump(), "metrics": dict(sorted(merged.items(), key=lambda kv: int(kv[0])))}
+    )
+    tmp = folder / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(updated.to_json())
+    tmp.replace(folder / MANIFEST_FILE)
+    return updated
+
+
+def add_metrics_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="exported model folder (manifest.json)")
+    p.add_argument("metrics", nargs="+", help="metrics_RES.json files from `evaluate`")
+
+
+def run_add_metrics(a: argparse.Namespace) -> int:
+    from contract.manifest import ManifestError
+
+    try:
+        m = add_metrics(a.model, read_metrics_files(a.metrics))
+    except ManifestError as e:
+        raise ValueError(str(e)) from e
+    print(f"{a.model}: metrics at {', '.join(m.metrics)} in manifest.json")
+    return 0
+
+
 def run(a: argparse.Namespace) -> int:
     try:
         res = [int(x) for x in a.resolutions.split(",")] if a.resolutions else None
     except ValueError:
         raise ValueError(f"--resolutions must be a comma list of integers, got {a.resolutions!r}") from None
-    metrics = []
-    for f in a.metrics:
-        try:
-            m = json.loads(Path(f).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read metrics file {f}: {e}") from e
-        if "resolution" not in m:
-            raise ValueError(f"{f} has no 'resolution'; is it a metrics_RES.json written by `evaluate`?")
-        metrics.append(m)
+    metrics = read_metrics_files(a.metrics)
     try:
         result = export_model(
             a.checkpoint,

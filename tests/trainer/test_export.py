@@ -177,3 +177,36 @@ def test_channel_l2_norm_in_fp16_does_not_overflow() -> None:
     got = ChannelL2Norm(1e-8)(x.half())
     assert got.dtype == torch.float16 and torch.isfinite(got).all()
     assert torch.allclose(got.float(), want, rtol=2e-3, atol=2e-3)
+
+
+def test_add_metrics_embeds_evaluation_without_exporting_again(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from contract.manifest import read_manifest, verify_files
+    from trainer.cli import main
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    graphs = {p.name: p.read_bytes() for p in model.glob("*.onnx")}
+    good = tmp_path / "metrics_16.json"
+    good.write_text(json.dumps({"resolution": 16, "num": 10000, "fid": 99.5, "face_rate": 0.5}))
+    assert main(["add-metrics", str(model), str(good)]) == 0
+    manifest = read_manifest(model)
+    assert manifest.metrics["16"]["fid"] == 99.5
+    verify_files(model, manifest)  # the graphs and weights untouched
+    assert {p.name: p.read_bytes() for p in model.glob("*.onnx")} == graphs
+
+    before = (model / "manifest.json").read_text()
+    other = tmp_path / "metrics_256.json"
+    other.write_text(json.dumps({"resolution": 256, "fid": 1.0}))
+    assert main(["add-metrics", str(model), str(other)]) == 2
+    assert "not [256]" in capsys.readouterr().err
+    junk = tmp_path / "junk.json"
+    junk.write_text("[1, 2]")
+    assert main(["add-metrics", str(model), str(junk)]) == 2
+    assert "no 'resolution'" in capsys.readouterr().err
+    assert main(["add-metrics", str(tmp_path), str(good)]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+    assert (model / "manifest.json").read_text() == before
