@@ -539,8 +539,9 @@ def _run(
         run_dir = Path(obj[0])
 
     if d.main and rates:
-        (run_dir / "plan.txt").write_text(describe_schedule(net, cfg, rates) + "\n")
-        print(describe_schedule(net, cfg, rates), flush=True)
+        plan = describe_schedule(net, cfg, rates)
+        (run_dir / "plan.txt").write_text(plan + "\n")
+        print(plan, flush=True)
 
     # --- fixed latents for the grids
     grid_n = min(cfg.grid_size**2, 64)
