@@ -294,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the last checkpoint in the run folder is intact", file=sys.stderr)
         return 130
+    finally:
+        # a torchrun rank that exits with its gloo/NCCL group still up can abort in the group's teardown
+        # ("terminate called without an active exception"): close it while the interpreter is whole
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
