@@ -4,6 +4,7 @@ resolution (memory-mapped), and draw training batches from it without touching J
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -12,6 +13,7 @@ import pickle
 import tempfile
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,26 +233,46 @@ def _decode(src: Source, res: int, progress: bool) -> tuple[np.ndarray, int]:
     return out[:n], skipped
 
 
+def _decode_member(data: bytes, res: int) -> tuple[tuple[int, int], np.ndarray]:
+    """One archive image: its stored size and its pixels at res (PIL releases the GIL in both steps)."""
+    with Image.open(io.BytesIO(data)) as im:
+        img = im.convert("RGB")
+    size = img.size
+    if size[0] != res:
+        img = img.resize((res, res), Image.Resampling.LANCZOS)
+    return size, np.asarray(img)
+
+
 def _decode_zip(src: Source, res: int, progress: bool) -> np.ndarray:
-    """A prepare-data archive holds square crops already: decode, resize only if its size differs."""
+    """A prepare-data archive holds square crops already: decode, resize only if its size differs.
+
+    Members are read in order and decoded on a thread per core, a chunk at a time (20k faces upscaled to
+    256 px take a minute on one core: GPU time on a lent machine)."""
     names = zip_members(src.path)
     out = np.empty((len(names), res, res, 3), dtype=np.uint8)
     side = zip_index(src.path).get("resolution")  # every image at the archive's one resolution
-    for i, (name, im) in enumerate(
-        tqdm(_zip_images(src.path), total=len(names), desc=f"decoding {src.path.name}", disable=not progress)
+    chunk = 256
+    with (
+        zipfile.ZipFile(src.path) as zf,
+        ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool,
+        tqdm(total=len(names), desc=f"decoding {src.path.name}", disable=not progress) as bar,
     ):
-        if im.size[0] != im.size[1]:
-            raise DataError(f"{src.path}: {name} is {im.size[0]}x{im.size[1]}; archive images must be square")
-        side = side or im.size[0]  # a plain zip: the first image's size
-        if im.size[0] != side:
-            raise DataError(
-                f"{src.path}: {name} is {im.size[0]}x{im.size[1]}, but the archive's images are {side}x{side}: "
-                "one archive holds one resolution (make it again with prepare-data)"
-            )
-        img = im.convert("RGB")
-        if img.size[0] != res:
-            img = img.resize((res, res), Image.Resampling.LANCZOS)
-        out[i] = np.asarray(img)
+        for start in range(0, len(names), chunk):
+            batch = names[start : start + chunk]
+            blobs = [zf.read(n) for n in batch]
+            for i, (name, ((w, h), arr)) in enumerate(
+                zip(batch, pool.map(_decode_member, blobs, itertools.repeat(res)), strict=True), start
+            ):
+                if w != h:
+                    raise DataError(f"{src.path}: {name} is {w}x{h}; archive images must be square")
+                side = side or w  # a plain zip: the first image's size
+                if w != side:
+                    raise DataError(
+                        f"{src.path}: {name} is {w}x{h}, but the archive's images are {side}x{side}: "
+                        "one archive holds one resolution (make it again with prepare-data)"
+                    )
+                out[i] = arr
+            bar.update(len(batch))
     return out
 
 
