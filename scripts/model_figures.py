@@ -2,6 +2,9 @@
 resolution. Uses the model folder exactly as the service does (onnxruntime, the manifest, the seed RNG).
 
     python scripts/model_figures.py models/celeba --out docs/figures [--first-seed 0] [--res 64] [--prefix generated]
+        [--format jpg]
+
+At 256 px the three PNGs come to ~15 MB; `--format jpg` (quality 88) keeps them near 2 MB for a repository.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ def main() -> None:
     ap.add_argument(
         "--prefix", default="generated", help="file names: PREFIX_samples.png, ... (default: generated)"
     )
+    ap.add_argument(
+        "--format", choices=["png", "jpg"], default="png", help="png (lossless) or jpg (quality 88)"
+    )
     a = ap.parse_args()
     m = json.loads((a.model / "manifest.json").read_text())
     resolutions = sorted(int(r) for r in m["resolutions"])
@@ -39,15 +45,23 @@ def main() -> None:
         )
         return sess.run(None, {m["input"]["name"]: z})[0]
 
-    name = a.prefix
+    name, ext = a.prefix, a.format
     a.out.mkdir(parents=True, exist_ok=True)
+
+    def save(img: Image.Image, what: str) -> None:
+        path = a.out / f"{name}_{what}.{ext}"
+        if ext == "jpg":
+            img.save(path, quality=88)
+        else:
+            img.save(path)
+
     seeds = list(range(a.first_seed, a.first_seed + 64))
     z = z_for_seeds(seeds, m["z_dim"])
-    grid(run(res, z), 8, scale=max(1, 128 // res)).save(a.out / f"{name}_samples.png")
+    save(grid(run(res, z), 8, scale=max(1, 128 // res)), "samples")
 
     waypoints = z_for_seeds([seeds[1], seeds[5], seeds[9], seeds[13]], m["z_dim"])
     path = interpolation_path(waypoints, 6, "slerp", loop=False)
-    grid(run(res, path), len(path), scale=max(1, 96 // res)).save(a.out / f"{name}_interpolation.png")
+    save(grid(run(res, path), len(path), scale=max(1, 96 // res)), "interpolation")
 
     per_res = [run(r, z[:8]) for r in resolutions]
     big = max(resolutions)
@@ -57,8 +71,8 @@ def main() -> None:
         )
         for imgs in per_res
     ]
-    grid(np.concatenate(rows), 8).save(a.out / f"{name}_resolutions.png")
-    print(f"wrote {name}_samples.png, {name}_interpolation.png and {name}_resolutions.png to {a.out}")
+    save(grid(np.concatenate(rows), 8), "resolutions")
+    print(f"wrote {name}_samples.{ext}, {name}_interpolation.{ext} and {name}_resolutions.{ext} to {a.out}")
 
 
 if __name__ == "__main__":
