@@ -370,7 +370,7 @@ def test_cpu_overlay_threads_fit_the_cpu_limit(monkeypatch: pytest.MonkeyPatch) 
     assert settings.providers == ["CPUExecutionProvider"]
     cpus = float(c["resources"]["limits"]["cpu"])
     assert settings.intra_op_threads * settings.inference_threads == cpus
-    assert memory_limit_mib(c) >= 834 * 1.5  # the measured peak and headroom
+    assert memory_limit_mib(c) >= 2861 * 1.5  # the measured peak with the 256 px model, and headroom
     (metric,) = one(objects, "HorizontalPodAutoscaler")["spec"]["metrics"]
     assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
 
