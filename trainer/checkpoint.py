@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from trainer.config import NetConfig
+from trainer.config import NetConfig, TrainConfig
 from trainer.networks import build_generator
 
 FORMAT_VERSION = 1
@@ -40,6 +42,80 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@functools.cache
+def git_commit() -> str:
+    """The checkout's commit, asked of git once per process (checkpoints record it; no subprocess per save)."""
+    if os.environ.get("PROGAN_COMMIT"):  # machines that get a copy of the tree without .git
+        return os.environ["PROGAN_COMMIT"]
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+@dataclass
+class RunState:
+    """What a run's checkpoint.pt holds, live: the networks, their optimizers, the RNG and the schedule
+    position. `save` and `save_snapshot` are the only writers of the training formats; `load_state` reads
+    them back as a dict (the resume puts it back in trainer/loop.py: `restore`)."""
+
+    net: NetConfig
+    cfg: TrainConfig
+    G: nn.Module
+    D: nn.Module
+    G_ema: nn.Module
+    gen: torch.Generator  # this rank's draws: reals, z, penalty mixing factors, flips
+    data: str
+    data_index: dict[str, Any]
+    num_images: int
+    opt_G: torch.optim.Optimizer | None = None
+    opt_D: torch.optim.Optimizer | None = None
+    cur_nimg: int = 0
+    steps: int = 0
+    opt_phase: int = -1  # the schedule phase the optimizers were made for
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per tick
+
+    def save(self, path: Path, res: int, gen_ranks: list[Tensor]) -> None:
+        """Everything to continue exactly (`gen_ranks`: every rank's generator state, rank order)."""
+        atomic_torch_save(
+            {
+                **self._head(res),
+                "G": self.G.state_dict(),
+                "D": self.D.state_dict(),
+                "G_ema": self.G_ema.state_dict(),
+                "opt_G": self.opt_G.state_dict() if self.opt_G else {},
+                "opt_D": self.opt_D.state_dict() if self.opt_D else {},
+                "cur_nimg": self.cur_nimg,
+                "steps": self.steps,
+                "opt_phase": self.opt_phase,
+                "rng": {"gen": gen_ranks[0], "gen_ranks": gen_ranks, "torch": torch.get_rng_state()},
+                "history": self.history,
+                "data_index": self.data_index,
+                "num_images": self.num_images,
+            },
+            path,
+        )
+
+    def save_snapshot(self, path: Path, res: int) -> None:
+        """G_ema alone: what export and evaluate need of a finished resolution."""
+        atomic_torch_save({**self._head(res), "G_ema": self.G_ema.state_dict()}, path)
+
+    def _head(self, res: int) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "net_cfg": dataclasses.asdict(self.net),
+            "train_cfg": self.cfg.to_json(),
+            "res": res,
+            "kimg": self.cur_nimg / 1000,
+            "data": self.data,
+            "commit": git_commit(),
+        }
 
 
 def not_fp16_finite(tensors: dict[str, torch.Tensor]) -> list[str]:

@@ -196,20 +196,16 @@ def cmd_train(a: argparse.Namespace) -> int:
     net, cfg = resolve_configs(a)
     overrides = runtime_overrides(a)
     state = None
-    if a.resume is not None:
+    if a.resume is not None:  # loaded and resolved here, once: the loop trains with these configs
         from trainer.checkpoint import load_state
-        from trainer.loop import grown_configs, resumed_configs
+        from trainer.loop import resolve_resume
 
         state = load_state(a.resume)
         check_network_flags(a, state)
-        if state.get("model_checkpoint"):  # a model folder: continue or grow it in a new run
-            if not a.data:
-                raise ValueError(f"--data is required to train {a.resume} further (the faces to train on)")
-            net, cfg = grown_configs(state, net, cfg)
-            cfg = dataclasses.replace(cfg, extra_kimg=a.extend_kimg or 0.0)
-        else:
-            net, cfg = resumed_configs(state, cfg.max_steps, a.extend_kimg or 0.0, overrides)
-            a.data = a.data or state["data"]
+        if state.get("model_checkpoint") and not a.data:
+            raise ValueError(f"--data is required to train {a.resume} further (the faces to train on)")
+        net, cfg = resolve_resume(state, net, cfg, a.extend_kimg or 0.0, overrides)
+        a.data = a.data or state["data"]
     elif a.extend_kimg is not None:  # a new run: its final stabilisation gets that much longer
         cfg = dataclasses.replace(cfg, extra_kimg=a.extend_kimg)
     kw = dict(cache_dir=a.cache_dir, cifar_class=a.cifar_class, allow_upscale=a.allow_upscale)
@@ -224,12 +220,10 @@ def cmd_train(a: argparse.Namespace) -> int:
                     net,
                     cfg,
                     a.data,
-                    resume=a.resume,
                     resume_state=state,
                     progress=not a.quiet,
                     minutes=a.minutes,
                     grow_fraction=a.grow_fraction,
-                    overrides=overrides,
                     **kw,
                 )
             )
@@ -239,13 +233,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg,
         a.data,
         a.out,
-        resume=a.resume,
         resume_state=state,
-        extend_kimg=a.extend_kimg or 0.0,
         progress=not a.quiet,
         minutes=a.minutes,
         grow_fraction=a.grow_fraction,
-        overrides=overrides,
         **kw,
     )
     state_word = "finished" if result.done else "stopped"
@@ -268,12 +259,17 @@ def main(argv: list[str] | None = None) -> int:
     export.add_metrics_arguments(
         sub.add_parser("add-metrics", help="embed evaluate's metrics_RES.json into a model's manifest.json")
     )
-    from trainer import evaluate, prepare
+    from trainer import compare, evaluate, prepare
 
     prepare.add_arguments(
         sub.add_parser("prepare-data", help="one zip of square WebP faces at one resolution, with an index")
     )
     evaluate.add_arguments(sub.add_parser("evaluate", help="FID, KID, MS-SSIM diversity and face rate"))
+    compare.add_arguments(
+        sub.add_parser(
+            "compare-data", help="FID and KID of one image set against another (lossy vs lossless)"
+        )
+    )
     a = parser.parse_args(argv)
     handlers: dict[str, Any] = {
         "train": cmd_train,
@@ -281,14 +277,18 @@ def main(argv: list[str] | None = None) -> int:
         "add-metrics": export.run_add_metrics,
         "evaluate": evaluate.run,
         "prepare-data": prepare.run,
+        "compare-data": compare.run,
     }
     from trainer.checkpoint import CheckpointError
     from trainer.data import DataError
     from trainer.loop import TrainingError
+    from trainer.metrics.face_rate import FaceDetectorError
+    from trainer.metrics.inception import InceptionError
 
+    user_errors = (ValueError, DataError, CheckpointError, TrainingError, InceptionError, FaceDetectorError)
     try:
         return int(handlers[a.cmd](a) or 0)
-    except (ValueError, DataError, CheckpointError, TrainingError, FileExistsError, FileNotFoundError) as e:
+    except (*user_errors, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

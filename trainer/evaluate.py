@@ -7,9 +7,9 @@ import argparse
 import datetime as dt
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from trainer.data import Source, find_source, honest_max_res, load_images
 from trainer.metrics import real_cache
-from trainer.metrics.face_rate import DetectorParams, FaceDetector, FaceDetectorError
+from trainer.metrics.face_rate import DetectorParams, FaceDetector
 from trainer.metrics.fid import FID_MIN_IMAGES, fid
-from trainer.metrics.inception import Inception, InceptionError, load_inception
+from trainer.metrics.inception import Inception, load_inception
 from trainer.metrics.kid import kid, kid_plan
 from trainer.metrics.ms_ssim import MAX_PAIRS, consecutive_pairs, num_scales, pair_count, scale_weights
 from trainer.metrics.real_cache import SetMeasures
@@ -64,6 +64,18 @@ def real_batches(reals: np.ndarray, idx: np.ndarray, batch: int) -> Iterator[np.
         yield np.asarray(reals[idx[i : i + batch]])  # random order: consecutive images are random pairs
 
 
+def checked_sizes(num: int, batch: int) -> int:
+    """ValueError for a `num` or `batch` nothing can be measured with; the batch rounded up to even, so
+    MS-SSIM's pairs never straddle batches."""
+    if num < MIN_NUM:
+        raise ValueError(
+            f"--num {num} is too few to measure anything; use at least {MIN_NUM} (10,000+ for FID)"
+        )
+    if batch < 2:
+        raise ValueError(f"--batch must be at least 2 (MS-SSIM pairs images within a batch), got {batch}")
+    return batch + batch % 2
+
+
 def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -103,6 +115,85 @@ def load_reals(
     return reals, native, src
 
 
+@dataclass(frozen=True)
+class SetKey:
+    """Which real images a cached measurement is of: the data set, resolution, subset seed and, for a second
+    disjoint subset of the same data, which one."""
+
+    data: str
+    src: Source
+    res: int
+    seed: int
+    subset: int = 0  # 0: the first `num` of the seed's permutation (evaluate's), 1: the next `num`
+
+
+def measured_reals(
+    reals: np.ndarray,
+    idx: np.ndarray,
+    key: SetKey,
+    cache: Path,
+    inception: Inception,
+    detector: FaceDetector,
+    batch: int,
+    progress: bool,
+) -> tuple[SetMeasures, Path]:
+    """SetMeasures of reals[idx] (in that order: consecutive images are the MS-SSIM pairs), from the cache
+    when this data, subset and Inception file were measured before; the cache file."""
+    fields: dict[str, Any] = {
+        "data": str(Path(key.data).expanduser().resolve()),
+        "source": key.src.key,
+        "res": key.res,
+        "num": len(idx),
+        "inception_sha256": inception.sha256,
+        "seed": key.seed,
+        "face_detector": DetectorParams().describe(),
+        "ms_ssim_max_pairs": MAX_PAIRS,
+    }
+    if key.subset:
+        fields["subset"] = key.subset
+    name = real_cache.cache_key(fields)
+    found = real_cache.load(cache, name)
+    if found is not None:
+        log.info("real-image statistics from the cache %s", cache / f"{name}.npz")
+        return found, cache / f"{name}.npz"
+    label = f"{Path(key.data).name} {key.res}x{key.res}" + (
+        f" (subset {key.subset + 1})" if key.subset else ""
+    )
+    m = measure(real_batches(reals, idx, batch), len(idx), inception, detector, label, progress)
+    return m, real_cache.save(cache, name, m, fields)
+
+
+@dataclass(frozen=True)
+class Distance:
+    """FID (None below FID_MIN_IMAGES a side, with the reason in `fid_note`) and KID between two sets."""
+
+    fid: float | None
+    fid_note: str | None
+    kid: float
+    kid_std: float
+    kid_subsets: int
+    kid_subset_size: int
+
+    @classmethod
+    def between(cls, a: SetMeasures, b: SetMeasures, seed: int, name_b: str, name_a: str) -> Distance:
+        fid_value, note = None, None
+        if min(a.num, b.num) >= FID_MIN_IMAGES:
+            fid_value = fid(a.feats, b.feats)
+        else:
+            note = (
+                f"FID needs at least {FID_MIN_IMAGES} images on each side (the Inception features are "
+                f"{FID_MIN_IMAGES}-d, so fewer give a rank-deficient covariance and a biased figure; 10,000 or "
+                f"more for a stable one, 50,000 as in the papers); got {b.num} {name_b} and {a.num} {name_a}. "
+                "KID is unbiased at any size: compare KID."
+            )
+            log.warning(note)
+        kid_mean, kid_std = kid(a.feats, b.feats, seed=seed)
+        return cls(fid_value, note, kid_mean, kid_std, *kid_plan(a.num, b.num))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def evaluate(
     model_path: str,
     data: str,
@@ -119,13 +210,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Every figure as one flat dict (the metrics_<res>.json written by the CLI)."""
     t0 = time.perf_counter()
-    if num < MIN_NUM:
-        raise ValueError(
-            f"--num {num} is too few to measure anything; use at least {MIN_NUM} (10,000+ for FID)"
-        )
-    if batch < 2:
-        raise ValueError(f"--batch must be at least 2 (MS-SSIM pairs images within a batch), got {batch}")
-    batch += batch % 2  # pairs never straddle batches
+    batch = checked_sizes(num, batch)
     dev = resolve_device(device)
     model = open_model(model_path, dev)
     res = pick_resolution(model, res)
@@ -139,26 +224,10 @@ def evaluate(
             "the data has %d images, fewer than --num %d: the real side uses all of them", len(reals), num
         )
     cache = Path(cache_dir) if cache_dir else real_cache.default_cache_dir()
-    key_fields = {
-        "data": str(Path(data).expanduser().resolve()),
-        "source": src.key,
-        "res": res,
-        "num": n_real,
-        "inception_sha256": inception.sha256,
-        "seed": seed,
-        "face_detector": DetectorParams().describe(),
-        "ms_ssim_max_pairs": MAX_PAIRS,
-    }
-    key = real_cache.cache_key(key_fields)
-    real = real_cache.load(cache, key)
-    if real is None:
-        idx = np.random.default_rng(seed).permutation(len(reals))[:n_real]
-        real = measure(
-            real_batches(reals, idx, batch), n_real, inception, detector, f"real {res}x{res}", progress
-        )
-        real_cache.save(cache, key, real, key_fields)
-    else:
-        log.info("real-image statistics from the cache %s", cache / f"{key}.npz")
+    idx = np.random.default_rng(seed).permutation(len(reals))[:n_real]
+    real, real_file = measured_reals(
+        reals, idx, SetKey(data, src, res, seed), cache, inception, detector, batch, progress
+    )
 
     fake = measure(
         sample_batches(model, num, res, batch, seed=seed + 1),
@@ -169,31 +238,13 @@ def evaluate(
         progress,
     )
 
-    fid_value: float | None = None
-    fid_note = None
-    if min(fake.num, real.num) >= FID_MIN_IMAGES:
-        fid_value = fid(real.feats, fake.feats)
-    else:
-        fid_note = (
-            f"FID needs at least {FID_MIN_IMAGES} images on each side (the Inception features are "
-            f"{FID_MIN_IMAGES}-d, so fewer give a rank-deficient covariance and a biased figure; 10,000 or more "
-            f"for a stable one, 50,000 as in the papers); got {fake.num} generated and {real.num} real. "
-            "KID is unbiased at any size: compare KID."
-        )
-        log.warning(fid_note)
-    kid_mean, kid_std = kid(real.feats, fake.feats, seed=seed)
-    kid_subsets, kid_size = kid_plan(real.num, fake.num)
+    dist = Distance.between(real, fake, seed, "generated", "real")
     levels = num_scales(res)
     return {
         "resolution": res,
         "num": fake.num,
         "num_real": real.num,
-        "fid": fid_value,
-        "fid_note": fid_note,
-        "kid": kid_mean,
-        "kid_std": kid_std,
-        "kid_subsets": kid_subsets,
-        "kid_subset_size": kid_size,
+        **dist.as_dict(),
         "ms_ssim": fake.ms_ssim,
         "ms_ssim_real": real.ms_ssim,
         "ms_ssim_pairs": fake.pairs,
@@ -210,7 +261,7 @@ def evaluate(
         "arch": model.arch,
         "model_info": model.describe(),
         "inception": inception.describe(),
-        "real_cache": str(cache / f"{key}.npz"),
+        "real_cache": str(real_file),
         "device": dev,
         "seed": seed,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -254,11 +305,8 @@ def default_out(model_path: str) -> Path:
 # ---------------------------------------------------------------------------- CLI
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="exported model folder (manifest.json), run folder, or checkpoint .pt")
-    p.add_argument("--data", required=True, help="the real images: the same kinds of data `train` takes")
-    p.add_argument("--res", type=int, help="resolution to evaluate (default: the model's highest)")
-    p.add_argument("--num", type=int, default=10_000, help="generated images, and real ones (default 10000)")
+def add_measuring_arguments(p: argparse.ArgumentParser, seed_help: str) -> None:
+    """The options every measuring command shares (evaluate, compare-data)."""
     p.add_argument("--batch", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument(
@@ -268,29 +316,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--cache-dir", help="real-image statistics cache (default: $PROGAN_CACHE/fid or ~/.cache/progan/fid)"
     )
     p.add_argument("--data-cache-dir", help="decoded-image cache, as `train --cache-dir` (default: shared)")
-    p.add_argument("--out", help="folder for metrics_RES.json and .md (default: the model's folder)")
-    p.add_argument("--seed", type=int, default=0, help="latents use seed + 1, the real subset seed")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def measuring_options(a: argparse.Namespace) -> dict[str, Any]:
+    """add_measuring_arguments' options as keywords of `evaluate` and `compare_data`."""
+    return {
+        "batch": a.batch,
+        "device": a.device,
+        "inception_path": a.inception,
+        "cache_dir": a.cache_dir,
+        "data_cache_dir": a.data_cache_dir,
+        "seed": a.seed,
+        "progress": not a.quiet,
+    }
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="exported model folder (manifest.json), run folder, or checkpoint .pt")
+    p.add_argument("--data", required=True, help="the real images: the same kinds of data `train` takes")
+    p.add_argument("--res", type=int, help="resolution to evaluate (default: the model's highest)")
+    p.add_argument("--num", type=int, default=10_000, help="generated images, and real ones (default 10000)")
+    p.add_argument("--out", help="folder for metrics_RES.json and .md (default: the model's folder)")
+    add_measuring_arguments(p, "latents use seed + 1, the real subset seed")
+
+
 def run(a: argparse.Namespace) -> int:
-    try:
-        m = evaluate(
-            a.model,
-            a.data,
-            res=a.res,
-            num=a.num,
-            batch=a.batch,
-            device=a.device,
-            inception_path=a.inception,
-            cache_dir=a.cache_dir,
-            data_cache_dir=a.data_cache_dir,
-            seed=a.seed,
-            progress=not a.quiet,
-        )
-    except (InceptionError, FaceDetectorError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    m = evaluate(a.model, a.data, res=a.res, num=a.num, **measuring_options(a))
     out = Path(a.out) if a.out else default_out(a.model)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(m)

@@ -1,14 +1,15 @@
-"""The training loop: one function that reads top to bottom, with housekeeping ("ticks") kept apart."""
+"""The training loop. `_run` sets a run up in named steps that read top to bottom (data, networks, resume,
+step context, time budget, run folder); `train_loop` steps through the schedule, with the housekeeping of
+each tick (stats, finite check, grids, checkpoints) kept apart from the step. The step itself is
+`train_step`: one critic step, one generator step."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
 import math
 import os
-import subprocess
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from trainer import losses
-from trainer.checkpoint import FORMAT_VERSION, CheckpointError, atomic_torch_save, load_state, net_config
+from trainer.checkpoint import CheckpointError, RunState, git_commit, net_config
 from trainer.config import NetConfig, Phase, TrainConfig, locate, schedule
 from trainer.data import load_images, load_pyramid, zip_index
 from trainer.networks import build_networks, downsample2x, res_key, upsample2x
@@ -136,21 +137,6 @@ def all_finite(*modules: nn.Module) -> bool:
     """Whether every parameter of `modules` is finite (one device sync)."""
     flags = [torch.isfinite(p).all() for m in modules for p in m.parameters()]
     return bool(torch.stack(flags).all()) if flags else True
-
-
-@functools.cache
-def git_commit() -> str:
-    """The checkout's commit, asked of git once per process (checkpoints record it; no subprocess per save)."""
-    if os.environ.get("PROGAN_COMMIT"):  # machines that get a copy of the tree without .git
-        return os.environ["PROGAN_COMMIT"]
-    try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
-        )
-        return out.stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
 
 
 def next_run_dir(out: Path, name: str) -> Path:
@@ -393,6 +379,22 @@ def plan_run(net: NetConfig, cfg: TrainConfig, data: str | Path, **kw: Any) -> s
     return result
 
 
+def resolve_resume(
+    state: dict[str, Any],
+    net: NetConfig,
+    cfg: TrainConfig,
+    extend_kimg: float = 0.0,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[NetConfig, TrainConfig]:
+    """The configs a resume trains with, worked out once (by the caller of `train`): a run's checkpoint
+    keeps its own (`resumed_configs`); a model folder's grows to `net.max_res` in a new run, its final
+    stabilisation `extend_kimg` longer (`grown_configs`)."""
+    if state.get("model_checkpoint"):
+        net, cfg = grown_configs(state, net, cfg)
+        return net, dataclasses.replace(cfg, extra_kimg=extend_kimg)
+    return resumed_configs(state, cfg.max_steps, extend_kimg, overrides)
+
+
 def _run(
     net: NetConfig,
     cfg: TrainConfig,
@@ -400,210 +402,284 @@ def _run(
     out: str | Path,
     *,
     dry_run: bool,
-    resume: str | Path | None = None,
     resume_state: dict[str, Any] | None = None,
-    extend_kimg: float = 0.0,
     cache_dir: str | Path | None = None,
     cifar_class: str | None = None,
     allow_upscale: bool = False,
     progress: bool = True,
     minutes: float | None = None,
     grow_fraction: float = 0.4,
-    overrides: dict[str, Any] | None = None,
 ) -> TrainResult | str:
-    """`resume_state`: the checkpoint at `resume` when the caller has loaded it already (the CLI does, to
-    check the command line against it), so it is read once."""
-    started = time.monotonic()
-    deadline = started + minutes * 60 if minutes else None
+    """`resume_state`: a checkpoint from `load_state`, with `net` and `cfg` from `resolve_resume` on it. A
+    run's checkpoint continues in its own folder on its own schedule; a model folder's starts a new run."""
+    deadline = time.monotonic() + minutes * 60 if minutes else None
     d = init_distributed()
-    device = torch.device(f"cuda:{d.local_rank}" if torch.cuda.is_available() else "cpu")
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    device = training_device(d)
     torch.manual_seed(cfg.seed)
-
-    # --- resume: the checkpoint's configs win; the run folder is the checkpoint's
-    state = None
-    if resume is not None:
-        state = resume_state if resume_state is not None else load_state(resume)
-        if state.get("model_checkpoint"):
-            net, cfg = grown_configs(state, net, cfg)
-        else:
-            net, cfg = resumed_configs(state, cfg.max_steps, extend_kimg, overrides)
-    continuing = state is not None and not state.get("model_checkpoint")  # same run folder, same schedule
+    continuing = resume_state is not None and not resume_state.get("model_checkpoint")
     phases = schedule(net, cfg)
-    total_nimg = int(round(sum(p.kimg for p in phases) * 1000))
 
-    # --- data: decode once (rank 0 first), then every rank maps the cache
+    pyramid = load_training_images(data, net, d, progress, cache_dir, cifar_class, allow_upscale)
+    s = new_run_state(net, cfg, data, pyramid, device, d)
+    if resume_state is not None:
+        restore(s, resume_state, phases, d)
+    ctx = step_context(s, device, d)
+    reals_on_device = DeviceImages(pyramid, device)  # one resolution at a time, shared with the probe
+
+    rates: dict[int, float] | None = None
+    if deadline is not None and not continuing and net.arch == "progan":
+        rates, cfg = fit_to_deadline(ctx, phases, reals_on_device, deadline, grow_fraction, d)
+        phases, s.cfg, ctx = schedule(net, cfg), cfg, dataclasses.replace(ctx, cfg=cfg)
+    if dry_run:  # the schedule (and the plan, with `minutes`) this run would follow; nothing written
+        return describe_schedule(net, cfg, rates)
+
+    files = RunFiles.open(
+        out,
+        s,
+        d,
+        device,
+        resumed=resume_state,
+        rates=rates,
+        reals=pyramid[net.max_res],
+        cifar_class=cifar_class,
+    )
+    return train_loop(s, ctx, phases, reals_on_device, files, progress, deadline, minutes)
+
+
+# ---------------------------------------------------------------------------- setting a run up
+
+
+def training_device(d: Dist) -> torch.device:
+    """This rank's GPU (TF32 matmuls and convolutions, cuDNN autotuning), else the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device(f"cuda:{d.local_rank}")
+    torch.cuda.set_device(device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
+    return device
+
+
+def load_training_images(
+    data: str | Path,
+    net: NetConfig,
+    d: Dist,
+    progress: bool,
+    cache_dir: str | Path | None,
+    cifar_class: str | None,
+    allow_upscale: bool,
+) -> dict[int, np.ndarray]:
+    """Every resolution a run trains at (uint8 memmaps [M, R, R, 3]): rank 0 decodes into the cache first,
+    then the other ranks map it."""
     kw: dict[str, Any] = dict(cache_dir=cache_dir, cifar_class=cifar_class, allow_upscale=allow_upscale)
-    if d.main:
-        pyramid = (
-            load_pyramid(data, net.max_res, progress=progress, **kw)
-            if net.arch == "progan"
-            else {net.max_res: load_images(data, net.max_res, progress=progress, **kw)}
-        )
+
+    def load(show: bool) -> dict[int, np.ndarray]:
+        if net.arch == "progan":
+            return load_pyramid(data, net.max_res, progress=show, **kw)
+        return {net.max_res: load_images(data, net.max_res, progress=show, **kw)}
+
+    pyramid = load(progress) if d.main else {}
     if d.world > 1:
         dist.barrier()
-    if not d.main:
-        pyramid = (
-            load_pyramid(data, net.max_res, progress=False, **kw)
-            if net.arch == "progan"
-            else {net.max_res: load_images(data, net.max_res, progress=False, **kw)}
-        )
-    num_images = len(pyramid[net.max_res])
+    return pyramid if d.main else load(False)
 
-    data_index = zip_index(Path(data)) if str(data).endswith(".zip") else {}
 
-    # --- networks, EMA, optimizers
+def new_run_state(
+    net: NetConfig,
+    cfg: TrainConfig,
+    data: str | Path,
+    pyramid: dict[int, np.ndarray],
+    device: torch.device,
+    d: Dist,
+) -> RunState:
+    """Fresh networks (the same on every rank), G_ema as a copy of G, this rank's generator; no optimizers
+    yet (the loop makes them at the start of every phase)."""
     G, D = build_networks(net)
     G.to(device)
     D.to(device)
-    channels_last = cfg.channels_last and cuda
-    if channels_last:
+    if cfg.channels_last and device.type == "cuda":
         G.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         D.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     broadcast_params(G, d)
     broadcast_params(D, d)
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + d.rank)  # reals, z, eps, flips
-    cur_nimg, steps, opt_phase = 0, 0, -1
-    history: list[dict[str, Any]] = []
-    opt_G = opt_D = None
-    if state is not None and not continuing:
-        load_grown(G, D, G_ema, state, net)
-    elif state is not None:
-        try:
-            G.load_state_dict(state["G"])
-            D.load_state_dict(state["D"])
-            G_ema.load_state_dict(state["G_ema"])
-            cur_nimg, steps = int(state["cur_nimg"]), int(state["steps"])
-            opt_phase = int(state.get("opt_phase", locate(phases, cur_nimg)[0]))
-            lr = phases[locate(phases, cur_nimg)[0]].lr
-            opt_G, opt_D = make_optimizer(G, lr, cfg, net.arch), make_optimizer(D, lr, cfg, net.arch)
-            if state["opt_G"] and state["opt_D"]:  # a packed checkpoint has none: Adam starts fresh
-                opt_G.load_state_dict(state["opt_G"])
-                opt_D.load_state_dict(state["opt_D"])
-            restore_rank_rng(gen, state["rng"], d, cfg.seed, steps)
-            torch.set_rng_state(state["rng"]["torch"])
-            history = list(state.get("history", []))
-        except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"{state['path']}: cannot resume from it: {e}") from e
+    data_index = zip_index(Path(data)) if str(data).endswith(".zip") else {}
+    return RunState(net, cfg, G, D, G_ema, gen, str(data), data_index, len(pyramid[net.max_res]))
 
-    use_amp = cuda and cfg.amp != "off"
+
+def restore(s: RunState, state: dict[str, Any], phases: list[Phase], d: Dist) -> None:
+    """Put a checkpoint back into `s`: a model folder's weights into the (possibly grown) networks, or a
+    run's whole state (weights, Adam, position, every rank's RNG, history) to continue exactly."""
+    if state.get("model_checkpoint"):
+        load_grown(s.G, s.D, s.G_ema, state, s.net)
+        return
+    try:
+        s.G.load_state_dict(state["G"])
+        s.D.load_state_dict(state["D"])
+        s.G_ema.load_state_dict(state["G_ema"])
+        s.cur_nimg, s.steps = int(state["cur_nimg"]), int(state["steps"])
+        s.opt_phase = int(state.get("opt_phase", locate(phases, s.cur_nimg)[0]))
+        lr = phases[locate(phases, s.cur_nimg)[0]].lr
+        s.opt_G, s.opt_D = (
+            make_optimizer(s.G, lr, s.cfg, s.net.arch),
+            make_optimizer(s.D, lr, s.cfg, s.net.arch),
+        )
+        if state["opt_G"] and state["opt_D"]:  # a packed checkpoint has none: Adam starts fresh
+            s.opt_G.load_state_dict(state["opt_G"])
+            s.opt_D.load_state_dict(state["opt_D"])
+        restore_rank_rng(s.gen, state["rng"], d, s.cfg.seed, s.steps)
+        torch.set_rng_state(state["rng"]["torch"])
+        s.history = list(state.get("history", []))
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{state['path']}: cannot resume from it: {e}") from e
+
+
+def step_context(s: RunState, device: torch.device, d: Dist) -> StepContext:
+    """What a training step needs: the (compiled) networks, mixed precision, this rank's generator."""
+    cfg = s.cfg
+    use_amp = device.type == "cuda" and cfg.amp != "off"
     amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
     autocast = torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext()
     scaler = torch.amp.GradScaler("cuda") if use_amp and cfg.amp == "fp16" else None
-    G_step, D_step = G, D
+    G_step, D_step = s.G, s.D
     if cfg.compile:
         # static shapes and ints: each resolution (and minibatch) is its own graph anyway, and a dynamic
         # `res` would break the graph where the layers are looked up by name
-        G_step = torch.compile(G, dynamic=False)  # type: ignore[assignment]
-        D_step = torch.compile(D, dynamic=False)  # type: ignore[assignment]
-    ctx = StepContext(G_step, D_step, net, cfg, device, autocast, scaler, gen, d, D_eager=D)
+        G_step = torch.compile(s.G, dynamic=False)  # type: ignore[assignment]
+        D_step = torch.compile(s.D, dynamic=False)  # type: ignore[assignment]
+    return StepContext(G_step, D_step, s.net, cfg, device, autocast, scaler, s.gen, d, D_eager=s.D)
 
-    reals_on_device = DeviceImages(pyramid, device)  # one resolution at a time, shared with the probe
 
-    # --- a time budget: plan a fresh run's schedule from a throughput probe on this machine
-    rates: dict[int, float] | None = None
-    if deadline is not None and not continuing and net.arch == "progan":
-        from trainer.budget import plan_to_fit, probe_throughput
+def fit_to_deadline(
+    ctx: StepContext,
+    phases: list[Phase],
+    reals: DeviceImages,
+    deadline: float,
+    grow_fraction: float,
+    d: Dist,
+) -> tuple[dict[int, float], TrainConfig]:
+    """A fresh run's schedule planned to end by `deadline` from a throughput probe on this machine
+    (trainer/budget.py); every rank follows rank 0's plan, to the image, so phases switch together."""
+    from trainer.budget import plan_to_fit, probe_throughput
 
-        rates = probe_throughput(ctx, phases, reals_on_device, channels_last)
-        seconds_left = deadline - time.monotonic()
-        if d.world > 1:  # every rank follows rank 0's plan, to the image: phases must switch together
-            shared: list[Any] = [rates, seconds_left]
-            dist.broadcast_object_list(shared, src=0)
-            rates, seconds_left = shared
-        cfg = plan_to_fit(net, cfg, rates, seconds_left, grow_fraction)
-        phases = schedule(net, cfg)
-        total_nimg = int(round(sum(p.kimg for p in phases) * 1000))
-        ctx = dataclasses.replace(ctx, cfg=cfg)
-
-    if dry_run:  # the schedule (and the plan, with `minutes`) this run would follow; nothing written
-        return describe_schedule(net, cfg, rates)
-
-    # --- run folder
-    if continuing:
-        assert state is not None
-        run_dir = Path(state["path"]).parent
-    elif d.main:
-        run_dir = next_run_dir(Path(out), f"{net.arch}-{cfg.preset}-{net.max_res}")
-    else:
-        run_dir = Path(out)
+    rates = probe_throughput(ctx, phases, reals, ctx.cfg.channels_last and ctx.device.type == "cuda")
+    seconds_left = deadline - time.monotonic()
     if d.world > 1:
-        obj = [str(run_dir)]
-        dist.broadcast_object_list(obj, src=0)
-        run_dir = Path(obj[0])
+        shared: list[Any] = [rates, seconds_left]
+        dist.broadcast_object_list(shared, src=0)
+        rates, seconds_left = shared
+    return rates, plan_to_fit(ctx.net, ctx.cfg, rates, seconds_left, grow_fraction)
 
-    if d.main and rates:
-        plan = describe_schedule(net, cfg, rates)
-        (run_dir / "plan.txt").write_text(plan + "\n")
-        print(plan, flush=True)
 
-    # --- fixed latents for the grids
-    grid_n = min(cfg.grid_size**2, 64)
-    grid_z = torch.randn(grid_n, net.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345)).to(
-        device
-    )
+# ---------------------------------------------------------------------------- what a run writes
 
-    writer = None
-    if d.main:
-        (run_dir / "config.json").write_text(
-            json.dumps(
-                {
-                    "net": dataclasses.asdict(net),
-                    "train": cfg.to_json(),
-                    "data": str(data),
-                    "num_images": num_images,
-                    "cifar_class": cifar_class,
-                    "commit": git_commit(),
-                    "torch": torch.__version__,
-                    "device": str(device),
-                    "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
-                    "world_size": d.world,
-                    "data_index": data_index,
-                    "resumed_from": None if state is None else state["path"],
-                },
-                indent=2,
-            )
-        )
-        if not continuing:
-            save_grid(np.asarray(pyramid[net.max_res][:grid_n]), run_dir / "reals.png", cols=cfg.grid_size)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(run_dir / "tb"))
-        except ImportError:  # tensorboard is optional at run time
-            writer = None
+@dataclass
+class RunFiles:
+    """The run folder and everything written into it: config.json, plan.txt, reals.png, stats.jsonl,
+    TensorBoard events, loss plot, sample grids, checkpoint.pt and the G_ema snapshots. Only rank 0 writes."""
 
-    def save_checkpoint(res: int, gen_ranks: list[Tensor]) -> None:
-        snap = {
-            "format": FORMAT_VERSION,
-            "net_cfg": dataclasses.asdict(net),
-            "train_cfg": cfg.to_json(),
-            "G": G.state_dict(),
-            "D": D.state_dict(),
-            "G_ema": G_ema.state_dict(),
-            "opt_G": opt_G.state_dict() if opt_G else {},
-            "opt_D": opt_D.state_dict() if opt_D else {},
-            "cur_nimg": cur_nimg,
-            "steps": steps,
-            "opt_phase": opt_phase,
-            "res": res,
-            "kimg": cur_nimg / 1000,
-            "rng": {"gen": gen_ranks[0], "gen_ranks": gen_ranks, "torch": torch.get_rng_state()},
-            "history": history,
-            "data": str(data),
-            "data_index": data_index,
-            "num_images": num_images,
+    dir: Path
+    main: bool
+    grid_z: Tensor  # [n, z_dim] fixed latents: every grid of a run shows the same faces
+    writer: Any = None  # TensorBoard's SummaryWriter, when tensorboard is installed
+
+    @classmethod
+    def open(
+        cls,
+        out: str | Path,
+        s: RunState,
+        d: Dist,
+        device: torch.device,
+        *,
+        resumed: dict[str, Any] | None,
+        rates: dict[int, float] | None,
+        reals: np.ndarray,
+        cifar_class: str | None,
+    ) -> RunFiles:
+        """A continued run's own folder (`resumed` is its checkpoint), else the next numbered one under `out`
+        (a fresh run, or one that grows the model folder `resumed`), with its config."""
+        net, cfg = s.net, s.cfg
+        continued = resumed is not None and not resumed.get("model_checkpoint")
+        if continued:
+            assert resumed is not None
+            run_dir = Path(resumed["path"]).parent
+        elif d.main:
+            run_dir = next_run_dir(Path(out), f"{net.arch}-{cfg.preset}-{net.max_res}")
+        else:
+            run_dir = Path(out)
+        if d.world > 1:
+            obj = [str(run_dir)]
+            dist.broadcast_object_list(obj, src=0)
+            run_dir = Path(obj[0])
+        grid_n = min(cfg.grid_size**2, 64)
+        grid_z = torch.randn(grid_n, net.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345))
+        files = cls(run_dir, d.main, grid_z.to(device))
+        if d.main:
+            files.write_config(s, d, device, resumed, rates, cifar_class)
+            if not continued:
+                save_grid(np.asarray(reals[:grid_n]), run_dir / "reals.png", cols=cfg.grid_size)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                files.writer = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:  # tensorboard is optional at run time
+                pass
+        return files
+
+    def write_config(
+        self,
+        s: RunState,
+        d: Dist,
+        device: torch.device,
+        resumed: dict[str, Any] | None,
+        rates: dict[int, float] | None,
+        cifar_class: str | None,
+    ) -> None:
+        cuda = device.type == "cuda"
+        config = {
+            "net": dataclasses.asdict(s.net),
+            "train": s.cfg.to_json(),
+            "data": s.data,
+            "num_images": s.num_images,
+            "cifar_class": cifar_class,
             "commit": git_commit(),
+            "torch": torch.__version__,
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
+            "world_size": d.world,
+            "data_index": s.data_index,
+            "resumed_from": None if resumed is None else resumed["path"],
         }
-        path = run_dir / "checkpoint.pt"
+        (self.dir / "config.json").write_text(json.dumps(config, indent=2))
+        if rates:
+            plan = describe_schedule(s.net, s.cfg, rates)
+            (self.dir / "plan.txt").write_text(plan + "\n")
+            print(plan, flush=True)
+
+    def record(self, row: dict[str, Any], cur_nimg: int, history: list[dict[str, Any]]) -> None:
+        """One tick's row: stats.jsonl, TensorBoard and the loss plot."""
+        with open(self.dir / "stats.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for k, val in row.items():
+                if isinstance(val, int | float):
+                    self.writer.add_scalar(f"train/{k}", val, cur_nimg)
+            self.writer.flush()
+        plot_losses(history, self.dir / "losses.png")
+
+    @torch.no_grad()
+    def sample_grid(self, s: RunState, res: int, alpha: float, tag: str, cols: int) -> None:
+        imgs = torch.cat([s.G_ema(z, res, alpha).float().cpu() for z in self.grid_z.split(16)])
+        name = f"{tag}-res{res:04d}-kimg{s.cur_nimg / 1000:08.2f}.png"
+        save_grid(to_uint8(imgs.numpy()), self.dir / "grids" / name, cols=cols)
+
+    def checkpoint(self, s: RunState, res: int, gen_ranks: list[Tensor]) -> None:
+        path = self.dir / "checkpoint.pt"
         try:
-            atomic_torch_save(snap, path)
+            s.save(path, res, gen_ranks)
         except OSError as e:
             kept = (
                 f"the last good checkpoint {path} is intact"
@@ -612,142 +688,177 @@ def _run(
             )
             raise TrainingError(f"could not write a checkpoint ({e}; is the disk full?); {kept}") from e
 
-    def save_snapshot(res: int) -> None:
-        snap = {
-            "format": FORMAT_VERSION,
-            "net_cfg": dataclasses.asdict(net),
-            "G_ema": G_ema.state_dict(),
-            "res": res,
-            "kimg": cur_nimg / 1000,
-            "train_cfg": cfg.to_json(),
-            "data": str(data),
-            "commit": git_commit(),
-        }
+    def snapshot(self, s: RunState, res: int) -> None:
         try:
-            atomic_torch_save(snap, run_dir / f"G_ema-{res:04d}.pt")
+            s.save_snapshot(self.dir / f"G_ema-{res:04d}.pt", res)
         except OSError as e:
             raise TrainingError(f"could not write the {res}x{res} snapshot ({e}; is the disk full?)") from e
 
-    @torch.no_grad()
-    def save_sample_grid(res: int, alpha: float, tag: str) -> None:
-        imgs = torch.cat([G_ema(z, res, alpha).float().cpu() for z in grid_z.split(16)])
-        save_grid(
-            to_uint8(imgs.numpy()),
-            run_dir / "grids" / f"{tag}-res{res:04d}-kimg{cur_nimg / 1000:08.2f}.png",
-            cols=cfg.grid_size,
-        )
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
-    # --- the loop
+
+# ---------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Tick:
+    """The steps since the last housekeeping: their stats stay on the device until the tick ends."""
+
+    start_nimg: int
+    start_time: float = field(default_factory=time.time)
+    stats: dict[str, list[Tensor]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, stats: dict[str, Tensor]) -> None:
+        for k, v in stats.items():
+            self.stats[k].append(v)
+
+    def means(self) -> dict[str, float]:
+        """The tick's mean of every stat: the one place the loop waits for the device."""
+        means = {k: torch.stack(v).float().mean() for k, v in self.stats.items()}
+        return dict(zip(means, torch.stack(list(means.values())).cpu().tolist(), strict=True))
+
+
+def stop_if_not_finite(
+    means: dict[str, float],
+    s: RunState,
+    tick: Tick,
+    res: int,
+    alpha: float,
+    files: RunFiles,
+    ctx: StepContext,
+) -> None:
+    """TrainingError on every rank when any rank's losses or weights went non-finite in this tick, before
+    anything of it is saved (one rank raising alone would leave the others waiting in an all-reduce)."""
+    finite_here = all(math.isfinite(v) for v in means.values()) and all_finite(s.G, s.D, s.G_ema)
+    if not any_rank(not finite_here, ctx.d, ctx.device):
+        return
+    bad = ", ".join(f"{k}={v}" for k, v in means.items() if not math.isfinite(v))
+    what = "loss" if bad else "weights"
+    if finite_here:
+        bad = f"on another rank than {ctx.d.rank}"
+    bad = bad or "inf or nan gradients with finite losses"
+    kept = files.dir / "checkpoint.pt"
+    raise TrainingError(
+        f"non-finite {what} between kimg {tick.start_nimg / 1000:.2f} and {s.cur_nimg / 1000:.2f} "
+        f"({res}x{res}, alpha {alpha:.3f}): {bad}. Nothing from this stretch was saved. "
+        + (
+            f"The last good checkpoint is {kept}; resume from it with a lower --lr."
+            if kept.exists()
+            else "No checkpoint was written yet; try a lower --lr."
+        )
+    )
+
+
+def train_loop(
+    s: RunState,
+    ctx: StepContext,
+    phases: list[Phase],
+    reals_on_device: DeviceImages,
+    files: RunFiles,
+    progress: bool,
+    deadline: float | None = None,
+    minutes: float | None = None,
+) -> TrainResult:
+    """Steps until the schedule ends, `max_steps` or the deadline; every tick (and every phase end) the
+    housekeeping: stats, a finite check, the grid, and on an interval or a phase end the checkpoint."""
+    cfg, d = s.cfg, ctx.d
+    total_nimg = int(round(sum(p.kimg for p in phases) * 1000))
     bar = tqdm(
         total=total_nimg,
-        initial=cur_nimg,
+        initial=s.cur_nimg,
         unit="img",
         unit_scale=True,
         disable=not (progress and d.main),
         dynamic_ncols=True,
         desc="training",
     )
-    tick_start_nimg, tick_start_time = cur_nimg, time.time()
+    tick = Tick(s.cur_nimg)
     last_checkpoint = time.monotonic()
-    acc: dict[str, list[Tensor]] = defaultdict(list)
-    res, alpha = phases[locate(phases, cur_nimg)[0]].res, 1.0
-    done = cur_nimg >= total_nimg
+    res = phases[locate(phases, s.cur_nimg)[0]].res
+    done = s.cur_nimg >= total_nimg
     out_of_time = False
     while not done:
-        idx, alpha = locate(phases, cur_nimg)
+        idx, alpha = locate(phases, s.cur_nimg)
         phase: Phase = phases[idx]
         res = phase.res
-        if opt_phase != idx or opt_G is None or opt_D is None:
-            # fresh Adam state at the start of every fade and every stabilisation, as the official code
-            # does (reset_opt_for_new_lod: lod's floor or ceiling changes at both)
-            opt_G = make_optimizer(G, phase.lr, cfg, net.arch)
-            opt_D = make_optimizer(D, phase.lr, cfg, net.arch)
-            opt_phase = idx
-        for opt in (opt_G, opt_D):
-            for group in opt.param_groups:
-                group["lr"] = phase.lr
+        opt_G, opt_D = phase_optimizers(s, idx, phase.lr)
         batch = max(phase.batch // d.world, 1)
 
-        reals = fade_reals(sample_reals(reals_on_device[res], batch, gen, cfg.flips, channels_last), alpha)
-        stats = train_step(ctx, reals, res, alpha, opt_G, opt_D)
-        update_ema(G_ema, G, cfg.ema_beta)
-        for k, v in stats.items():
-            acc[k].append(v)
-        cur_nimg += batch * d.world
-        steps += 1
+        reals = fade_reals(
+            sample_reals(reals_on_device[res], batch, s.gen, cfg.flips, channels_last(s)), alpha
+        )
+        tick.add(train_step(ctx, reals, res, alpha, opt_G, opt_D))
+        update_ema(s.G_ema, s.G, cfg.ema_beta)
+        s.cur_nimg += batch * d.world
+        s.steps += 1
         bar.update(batch * d.world)
 
-        next_idx = locate(phases, cur_nimg)[0]
-        if deadline is not None and (d.world == 1 or steps % 50 == 0):  # ranks agree every 50 steps
-            out_of_time = any_rank(time.monotonic() >= deadline, d, device)
-        done = cur_nimg >= total_nimg or (cfg.max_steps is not None and steps >= cfg.max_steps) or out_of_time
-        phase_end = next_idx != idx or cur_nimg >= total_nimg
-        tick = cur_nimg - tick_start_nimg >= cfg.tick_kimg * 1000 or phase_end or done
-        if not tick:
+        if deadline is not None and (d.world == 1 or s.steps % 50 == 0):  # ranks agree every 50 steps
+            out_of_time = any_rank(time.monotonic() >= deadline, d, ctx.device)
+        max_steps = cfg.max_steps is not None and s.steps >= cfg.max_steps
+        done = s.cur_nimg >= total_nimg or max_steps or out_of_time
+        phase_end = locate(phases, s.cur_nimg)[0] != idx or s.cur_nimg >= total_nimg
+        if not (s.cur_nimg - tick.start_nimg >= cfg.tick_kimg * 1000 or phase_end or done):
             continue
 
         # --- housekeeping: the only place the loop waits for the device
-        elapsed = time.time() - tick_start_time
-        means = {k: torch.stack(v).float().mean() for k, v in acc.items()}
-        flat = torch.stack(list(means.values())).cpu().tolist()
-        row = {
-            "kimg": cur_nimg / 1000,
-            "res": res,
-            "phase": phase.kind,
-            "alpha": round(alpha, 4),
-            "batch": phase.batch,
-            "lr": phase.lr,
-            "steps": steps,
-            "img_s": (cur_nimg - tick_start_nimg) / max(elapsed, 1e-9),
-            **dict(zip(means, flat, strict=True)),
-        }
-        finite_here = all(math.isfinite(v) for v in flat) and all_finite(G, D, G_ema)
-        # every rank learns when any rank went non-finite, so that all stop with the message (one rank
-        # raising alone would leave the others waiting in their next all-reduce)
-        if any_rank(not finite_here, d, device):
-            bad = ", ".join(f"{k}={v}" for k, v in zip(means, flat, strict=True) if not math.isfinite(v))
-            what = "loss" if bad else "weights"
-            if finite_here:
-                bad = f"on another rank than {d.rank}"
-            bad = bad or "inf or nan gradients with finite losses"
-            kept = run_dir / "checkpoint.pt"
-            raise TrainingError(
-                f"non-finite {what} between kimg {tick_start_nimg / 1000:.2f} and {cur_nimg / 1000:.2f} "
-                f"({res}x{res}, alpha {alpha:.3f}): {bad}. Nothing from this stretch was saved. "
-                + (
-                    f"The last good checkpoint is {kept}; resume from it with a lower --lr."
-                    if kept.exists()
-                    else "No checkpoint was written yet; try a lower --lr."
-                )
-            )
-        acc.clear()
-        gen_ranks = rank_rng_states(gen, d)  # on every rank, every tick: only rank 0 writes checkpoints
-        tick_start_nimg, tick_start_time = cur_nimg, time.time()
-        history.append(row)
+        means = tick.means()
+        stop_if_not_finite(means, s, tick, res, alpha, files, ctx)
+        row = tick_row(s, phase, alpha, tick, means)
+        gen_ranks = rank_rng_states(s.gen, d)  # on every rank, every tick: only rank 0 writes checkpoints
+        tick = Tick(s.cur_nimg)
+        s.history.append(row)
         bar.set_postfix_str(
             f"res={res} {phase.kind} a={alpha:.2f} {row['img_s']:.0f}img/s "
             f"D={row['loss_D']:.3f} G={row['loss_G']:.3f}"
         )
         if d.main:
-            with open(run_dir / "stats.jsonl", "a") as fh:
-                fh.write(json.dumps(row) + "\n")
-            if writer is not None:
-                for k, val in row.items():
-                    if isinstance(val, int | float):
-                        writer.add_scalar(f"train/{k}", val, cur_nimg)
-                writer.flush()
-            save_sample_grid(res, alpha, "end" if phase_end or done else "tick")
-            plot_losses(history, run_dir / "losses.png")
+            files.record(row, s.cur_nimg, s.history)
+            files.sample_grid(s, res, alpha, "end" if phase_end or done else "tick", cfg.grid_size)
             if phase_end or done or time.monotonic() - last_checkpoint >= cfg.checkpoint_minutes * 60:
-                save_checkpoint(res, gen_ranks)
+                files.checkpoint(s, res, gen_ranks)
                 last_checkpoint = time.monotonic()
             if (phase_end and phase.kind == "stab") or out_of_time:
-                save_snapshot(res)
+                files.snapshot(s, res)
     bar.close()
     if out_of_time and d.main:
-        print(f"time budget of {minutes:g} minutes reached: stopped cleanly at kimg {cur_nimg / 1000:.2f}")
-    if writer is not None:
-        writer.close()
+        print(f"time budget of {minutes:g} minutes reached: stopped cleanly at kimg {s.cur_nimg / 1000:.2f}")
+    files.close()
     if d.world > 1:
         dist.barrier()
-    return TrainResult(run_dir, cur_nimg, steps, res, cur_nimg >= total_nimg, history)
+    return TrainResult(files.dir, s.cur_nimg, s.steps, res, s.cur_nimg >= total_nimg, s.history)
+
+
+def phase_optimizers(s: RunState, idx: int, lr: float) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Fresh Adam state at the start of every fade and every stabilisation, as the official code does
+    (reset_opt_for_new_lod: lod's floor or ceiling changes at both); the phase's learning rate."""
+    if s.opt_phase != idx or s.opt_G is None or s.opt_D is None:
+        s.opt_G = make_optimizer(s.G, lr, s.cfg, s.net.arch)
+        s.opt_D = make_optimizer(s.D, lr, s.cfg, s.net.arch)
+        s.opt_phase = idx
+    for opt in (s.opt_G, s.opt_D):
+        for group in opt.param_groups:
+            group["lr"] = lr
+    return s.opt_G, s.opt_D
+
+
+def channels_last(s: RunState) -> bool:
+    return s.cfg.channels_last and next(s.G.parameters()).is_cuda
+
+
+def tick_row(s: RunState, phase: Phase, alpha: float, tick: Tick, means: dict[str, float]) -> dict[str, Any]:
+    """One line of stats.jsonl."""
+    elapsed = time.time() - tick.start_time
+    return {
+        "kimg": s.cur_nimg / 1000,
+        "res": phase.res,
+        "phase": phase.kind,
+        "alpha": round(alpha, 4),
+        "batch": phase.batch,
+        "lr": phase.lr,
+        "steps": s.steps,
+        "img_s": (s.cur_nimg - tick.start_nimg) / max(elapsed, 1e-9),
+        **means,
+    }

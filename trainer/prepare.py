@@ -34,12 +34,14 @@ def prepare_data(
     *,
     crop: str = "wide",
     quality: int = DEFAULT_QUALITY,
+    lossless: bool = False,
     limit: int | None = None,
     licence: str | None = None,
     progress: bool = True,
 ) -> dict[str, object]:
     """Write `out` (a zip) and return its index. Files with a name already taken (the same CelebA id in
-    two sets) are kept once, from the first source."""
+    two sets) are kept once, from the first source. `lossless`: WebP's lossless mode (`quality` is then its
+    compression effort), the reference that `compare-data` measures a lossy archive against."""
     if crop not in CROPS:
         raise ValueError(f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
     if res < 4 or res > 1024:
@@ -79,7 +81,7 @@ def prepare_data(
                 smallest = min(smallest, img.size[0])
                 img = img.resize((res, res), Image.Resampling.LANCZOS)
                 buf = io.BytesIO()
-                img.save(buf, format="WEBP", quality=quality, method=6)
+                img.save(buf, format="WEBP", quality=quality, method=6, lossless=lossless)
                 zf.writestr(f"img/{name}.webp", buf.getvalue())
                 written += 1
             if written == 0:
@@ -91,7 +93,7 @@ def prepare_data(
                 "crop": crop,
                 "smallest_crop_px": smallest,
                 "upscaled": smallest < res,
-                "format": f"webp q{quality}",
+                "format": "webp lossless" if lossless else f"webp q{quality}",
                 "sources": [
                     {"path": str(Path(s).resolve().name), "kind": k}
                     for s, k in zip(sources, kinds, strict=True)
@@ -130,13 +132,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_QUALITY,
         help=f"WebP quality 1..100 (default {DEFAULT_QUALITY}: the 29k faces at 64 px in about 30 MB, the 20k at 128 px in 53 MB)",
     )
+    p.add_argument(
+        "--lossless",
+        action="store_true",
+        help="lossless WebP (about 4x larger): the reference to measure a lossy archive against "
+        "(python -m trainer compare-data)",
+    )
     p.add_argument("--limit", type=int, help="keep only the first N images (by name)")
     p.add_argument("--quiet", action="store_true")
 
 
 def run(a: argparse.Namespace) -> int:
     index = prepare_data(
-        a.sources, a.res, a.out, crop=a.crop, quality=a.quality, limit=a.limit, progress=not a.quiet
+        a.sources,
+        a.res,
+        a.out,
+        crop=a.crop,
+        quality=a.quality,
+        lossless=a.lossless,
+        limit=a.limit,
+        progress=not a.quiet,
     )
     size = Path(a.out).stat().st_size
     print(

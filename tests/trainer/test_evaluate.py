@@ -199,3 +199,97 @@ def test_fid_is_reported_from_2048_images(tiny_model_dir: Path, tmp_path: Path) 
         pytest.skip("no CelebA")
     m = evaluate(str(tiny_model_dir), str(CELEBA), num=2048, cache_dir=tmp_path, progress=False)
     assert m["fid"] is not None and m["fid"] > 0 and m["fid_note"] is None
+
+
+# ---------------------------------------------------------------------------- compare-data
+
+
+@pytest.fixture(scope="module")
+def twin_archives(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The first 64 faces at 32 px: lossless, and at WebP quality 5 (visibly blocky)."""
+    root = tmp_path_factory.mktemp("twins")
+    out = {}
+    for name, flags in {"lossless": ["--lossless"], "q5": ["--quality", "5"]}.items():
+        out[name] = root / f"faces-32-{name}.zip"
+        args = [str(faces_dir), "--res", "32", "--crop", "celeba", "--limit", "64", "--out", str(out[name])]
+        assert main(["prepare-data", *args, "--quiet", *flags]) == 0
+    return out
+
+
+def test_lossless_archive_keeps_every_pixel(
+    twin_archives: dict[str, Path], faces_dir: Path, tmp_path: Path
+) -> None:
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from trainer.data import crop_box, load_images
+
+    lossless = twin_archives["lossless"]
+    index = json.loads(zipfile.ZipFile(lossless).read("index.json"))
+    assert index["format"] == "webp lossless" and index["count"] == 64
+    assert lossless.stat().st_size > 2 * twin_archives["q5"].stat().st_size
+    first = sorted(faces_dir.iterdir())[0]
+    with Image.open(first) as im:  # what prepare-data does before encoding: the crop, then Lanczos
+        made = im.convert("RGB").crop(crop_box(*im.size, "celeba")).resize((32, 32), Image.Resampling.LANCZOS)
+    with zipfile.ZipFile(lossless) as zf:
+        stored = np.asarray(Image.open(io.BytesIO(zf.read(f"img/{first.stem}.webp"))).convert("RGB"))
+    assert np.array_equal(stored, np.asarray(made))
+    assert np.array_equal(load_images(lossless, 32, cache_dir=tmp_path, progress=False)[0], stored)
+
+
+def run_compare(args: list[str], capsys) -> tuple[int, str, str]:
+    rc = main(["compare-data", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_compare_data_measures_the_compression(
+    twin_archives: dict[str, Path], faces_dir: Path, cache_dir: Path, fid_cache: Path, tmp_path: Path, capsys
+) -> None:
+    lossless, q5 = str(twin_archives["lossless"]), str(twin_archives["q5"])
+    common = ["--res", "16", "--num", "16", "--cache-dir", str(fid_cache), "--data-cache-dir", str(cache_dir)]
+    out = tmp_path / "q5.json"
+    rc, text, _ = run_compare([lossless, q5, *common, "--floor", "--quiet", "--out", str(out)], capsys)
+    assert rc == 0 and "the same faces on both sides" in text and "| FID ↓ | n/a" in text
+    m = json.loads(out.read_text())
+    assert m["same_faces"] and m["num"] == 16 and m["resolution"] == 16
+    assert m["a"]["format"] == "webp lossless" and m["b"]["format"] == "webp q5"
+    assert m["b"]["bytes_per_image"] < m["a"]["bytes_per_image"]
+    assert m["b_against_a"]["fid"] is None and "2048" in m["b_against_a"]["fid_note"]
+    assert m["floor"] is not None and np.isfinite(m["floor"]["kid"])
+    assert out.with_suffix(".md").read_text() == text.split("\nwrote ")[0]
+    # the archive against itself: the same features (from the cache), no distance left to measure
+    rc, _, _ = run_compare(
+        [lossless, lossless, *common, "--quiet", "--out", str(tmp_path / "self.json")], capsys
+    )
+    same = json.loads((tmp_path / "self.json").read_text())
+    assert rc == 0 and same["b_against_a"]["kid"] < m["b_against_a"]["kid"]
+    # two different data sets (64 archive faces, 512 folder faces): independent draws, said so
+    rc, text, _ = run_compare([str(faces_dir), lossless, *common, "--quiet"], capsys)
+    assert rc == 0 and "independent random draws" in text
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--num", "2"], "too few"),
+        (["--num", "40", "--floor"], "--num 32 or less"),
+        (["--out", "figures.txt"], "must end in .json"),
+        (["--batch", "1"], "--batch"),
+    ],
+)
+def test_compare_data_bad_options(
+    extra: list[str], message: str, twin_archives: dict[str, Path], cache_dir: Path, capsys
+) -> None:
+    args = [str(twin_archives["lossless"]), str(twin_archives["q5"]), "--res", "16", "--quiet"]
+    rc, _, err = run_compare([*args, "--data-cache-dir", str(cache_dir), *extra], capsys)
+    assert rc == 2 and message in err and "Traceback" not in err
+
+
+def test_compare_data_missing_set(twin_archives: dict[str, Path], tmp_path: Path, capsys) -> None:
+    rc, _, err = run_compare(
+        [str(twin_archives["lossless"]), str(tmp_path / "none.zip"), "--res", "16"], capsys
+    )
+    assert rc == 2 and "does not exist" in err
