@@ -774,6 +774,7 @@ def train_loop(
         dynamic_ncols=True,
         desc="training",
     )
+    layout = cfg.channels_last and ctx.device.type == "cuda"  # the reals in the networks' memory format
     tick = Tick(s.cur_nimg)
     last_checkpoint = time.monotonic()
     res = phases[locate(phases, s.cur_nimg)[0]].res
@@ -786,9 +787,7 @@ def train_loop(
         opt_G, opt_D = phase_optimizers(s, idx, phase.lr)
         batch = max(phase.batch // d.world, 1)
 
-        reals = fade_reals(
-            sample_reals(reals_on_device[res], batch, s.gen, cfg.flips, channels_last(s)), alpha
-        )
+        reals = fade_reals(sample_reals(reals_on_device[res], batch, s.gen, cfg.flips, layout), alpha)
         tick.add(train_step(ctx, reals, res, alpha, opt_G, opt_D))
         update_ema(s.G_ema, s.G, cfg.ema_beta)
         s.cur_nimg += batch * d.world
@@ -842,10 +841,6 @@ def phase_optimizers(s: RunState, idx: int, lr: float) -> tuple[torch.optim.Opti
         for group in opt.param_groups:
             group["lr"] = lr
     return s.opt_G, s.opt_D
-
-
-def channels_last(s: RunState) -> bool:
-    return s.cfg.channels_last and next(s.G.parameters()).is_cuda
 
 
 def tick_row(s: RunState, phase: Phase, alpha: float, tick: Tick, means: dict[str, float]) -> dict[str, Any]:
