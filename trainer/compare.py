@@ -29,6 +29,7 @@ from trainer.evaluate import (
 )
 from trainer.metrics import real_cache
 from trainer.metrics.face_rate import DetectorParams, FaceDetector
+from trainer.metrics.fid import FID_MIN_IMAGES
 from trainer.metrics.inception import load_inception
 from trainer.metrics.real_cache import SetMeasures
 
@@ -130,7 +131,7 @@ def compare_data(
 
 
 def _fid_cell(d: dict[str, Any]) -> str:
-    return f"{d['fid']:.3f}" if d["fid"] is not None else "n/a (needs 2048+ images a side)"
+    return f"{d['fid']:.3f}" if d["fid"] is not None else f"n/a (needs {FID_MIN_IMAGES}+ images a side)"
 
 
 def _kid_cell(d: dict[str, Any]) -> str:
