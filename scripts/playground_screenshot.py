@@ -4,7 +4,7 @@ Starts `python -m service` on the bundled models, opens the page, generates a fa
 resolution and loads an interpolation, then saves a screenshot of the whole page. Needs Debian's chromium
 (`make browser`) and Playwright for Python (the dev extra).
 
-    python scripts/playground_screenshot.py [--models models] [--seed 7] [--out docs/figures/playground.png]
+    python scripts/playground_screenshot.py [--models models] [--seed 3] [--out docs/figures/playground.png]
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def find_chromium() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", type=Path, default=REPO / "models")
-    ap.add_argument("--seed", default="7")
-    ap.add_argument("--walk", default="7, 21, 40", help="seeds of the interpolation")
+    ap.add_argument("--seed", default="3")
+    ap.add_argument("--walk", default="3, 4, 2", help="seeds of the interpolation")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "figures" / "playground.png")
     args = ap.parse_args()
     try:
