@@ -19,18 +19,16 @@ import numpy as np
 from trainer.data import Source, zip_index
 from trainer.evaluate import (
     Distance,
+    Instruments,
+    Measuring,
     SetKey,
     add_measuring_arguments,
-    checked_sizes,
     load_reals,
     measured_reals,
-    measuring_options,
     resolve_device,
 )
-from trainer.metrics import real_cache
-from trainer.metrics.face_rate import DetectorParams, FaceDetector
+from trainer.metrics.face_rate import DetectorParams
 from trainer.metrics.fid import FID_MIN_IMAGES
-from trainer.metrics.inception import load_inception
 from trainer.metrics.real_cache import SetMeasures
 
 SAME_FACE_PROBE = 64  # image pairs looked at to tell whether A[i] and B[i] are the same face
@@ -73,41 +71,32 @@ def compare_data(
     res: int,
     num: int = 10_000,
     floor: bool = False,
-    batch: int = 32,
-    device: str = "auto",
-    inception_path: str | None = None,
-    cache_dir: str | Path | None = None,
-    data_cache_dir: str | None = None,
-    seed: int = 0,
-    progress: bool = True,
+    how: Measuring = Measuring(),
 ) -> dict[str, Any]:
     """Every figure as one dict (what `--out` writes). B is measured against A."""
     t0 = time.perf_counter()
-    batch = checked_sizes(num, batch)
-    reals_a, native_a, src_a = load_reals(data_a, res, data_cache_dir, progress)
-    reals_b, native_b, src_b = load_reals(data_b, res, data_cache_dir, progress)
+    how = how.checked(num)
+    reals_a, native_a, src_a = load_reals(data_a, res, how.data_cache_dir, how.progress)
+    reals_b, native_b, src_b = load_reals(data_b, res, how.data_cache_dir, how.progress)
     n = min(num, len(reals_a), len(reals_b))
     if floor and 2 * n > len(reals_a):
         raise ValueError(
             f"--floor draws two disjoint sets of {n:,} images from A, which has {len(reals_a):,}: "
             f"use --num {len(reals_a) // 2} or less"
         )
-    dev = resolve_device(device)
-    inception = load_inception(inception_path, dev)
-    detector = FaceDetector(DetectorParams())
-    cache = Path(cache_dir) if cache_dir else real_cache.default_cache_dir()
+    tools = Instruments.open(how, resolve_device(how.device))
 
     # the seed's permutation of each set (evaluate's real subset, so its cache is shared): when A and B
     # hold as many images, the same indices, and the same faces when B is A stored another way
+    seed = how.seed
     perm_a = np.random.default_rng(seed).permutation(len(reals_a))
     perm_b = np.random.default_rng(seed).permutation(len(reals_b))
-    args = (cache, inception, detector, batch, progress)
-    a, file_a = measured_reals(reals_a, perm_a[:n], SetKey(data_a, src_a, res, seed), *args)
-    b, file_b = measured_reals(reals_b, perm_b[:n], SetKey(data_b, src_b, res, seed), *args)
+    a, file_a = measured_reals(reals_a, perm_a[:n], SetKey(data_a, src_a, res, seed), tools)
+    b, file_b = measured_reals(reals_b, perm_b[:n], SetKey(data_b, src_b, res, seed), tools)
     dist = Distance.between(a, b, seed, "B", "A")
     floor_dist = None
     if floor:
-        a2, _ = measured_reals(reals_a, perm_a[n : 2 * n], SetKey(data_a, src_a, res, seed, subset=1), *args)
+        a2, _ = measured_reals(reals_a, perm_a[n : 2 * n], SetKey(data_a, src_a, res, seed, subset=1), tools)
         floor_dist = Distance.between(a, a2, seed, "A (second draw)", "A")
     return {
         "resolution": res,
@@ -118,9 +107,9 @@ def compare_data(
         "b_against_a": dist.as_dict(),
         "floor": floor_dist.as_dict() if floor_dist else None,
         "face_detector": DetectorParams().describe(),
-        "inception": inception.describe(),
+        "inception": tools.inception.describe(),
         "real_caches": [str(file_a), str(file_b)],
-        "device": dev,
+        "device": tools.device,
         "seed": seed,
         "seconds": round(time.perf_counter() - t0, 1),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -195,7 +184,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(a: argparse.Namespace) -> int:
     if a.out and not a.out.endswith(".json"):
         raise ValueError(f"--out must end in .json (a .md is written beside it), got {a.out}")
-    m = compare_data(a.a, a.b, res=a.res, num=a.num, floor=a.floor, **measuring_options(a))
+    m = compare_data(a.a, a.b, res=a.res, num=a.num, floor=a.floor, how=Measuring.from_args(a))
     table = markdown_table(m)
     print(table)
     if a.out:

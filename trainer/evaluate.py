@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +35,57 @@ MIN_NUM = 8  # below this not even KID or MS-SSIM say anything
 # ---------------------------------------------------------------------------- measuring
 
 
-def measure(
-    batches: Iterable[np.ndarray],
-    total: int,
-    inception: Inception,
-    detector: FaceDetector,
-    desc: str,
-    progress: bool,
-) -> SetMeasures:
+@dataclass(frozen=True)
+class Measuring:
+    """How images are measured, the same for `evaluate` and `compare_data` (add_measuring_arguments' options)."""
+
+    batch: int = 32
+    device: str = "auto"
+    inception_path: str | None = None
+    cache_dir: str | Path | None = None  # real-image statistics (default: real_cache.default_cache_dir())
+    data_cache_dir: str | None = None  # decoded images, as `train --cache-dir`
+    seed: int = 0
+    progress: bool = True
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> Measuring:
+        return cls(a.batch, a.device, a.inception, a.cache_dir, a.data_cache_dir, a.seed, not a.quiet)
+
+    def checked(self, num: int) -> Measuring:
+        """ValueError for a `num` or `batch` nothing can be measured with (checked_sizes); the batch made even."""
+        return replace(self, batch=checked_sizes(num, self.batch))
+
+
+@dataclass(frozen=True)
+class Instruments:
+    """What measures a set of images, opened once a run: the Inception network and face detector on the
+    device, the real-statistics cache, and the batch and progress options they run with."""
+
+    device: str
+    inception: Inception
+    detector: FaceDetector
+    cache: Path
+    batch: int
+    progress: bool
+
+    @classmethod
+    def open(cls, how: Measuring, device: str) -> Instruments:
+        cache = Path(how.cache_dir) if how.cache_dir else real_cache.default_cache_dir()
+        inception = load_inception(how.inception_path, device)
+        return cls(device, inception, FaceDetector(DetectorParams()), cache, how.batch, how.progress)
+
+
+def measure(batches: Iterable[np.ndarray], total: int, tools: Instruments, desc: str) -> SetMeasures:
     """One pass over uint8 batches [n, R, R, 3]: Inception features, MS-SSIM of consecutive pairs (up to
     MAX_PAIRS), face count."""
     feats: list[np.ndarray] = []
     ssim: list[torch.Tensor] = []
     faces, seen, want_pairs = 0, 0, pair_count(total)
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress) as bar:
+    with tqdm(total=total, desc=desc, unit="img", disable=not tools.progress) as bar:
         for b in batches:
-            feats.append(inception.features(b))
-            faces += detector.count(b)
-            ssim.append(consecutive_pairs(b, want_pairs - sum(len(s) for s in ssim), inception.device))
+            feats.append(tools.inception.features(b))
+            faces += tools.detector.count(b)
+            ssim.append(consecutive_pairs(b, want_pairs - sum(len(s) for s in ssim), tools.device))
             seen += len(b)
             bar.update(len(b))
     values = torch.cat(ssim)
@@ -128,14 +161,7 @@ class SetKey:
 
 
 def measured_reals(
-    reals: np.ndarray,
-    idx: np.ndarray,
-    key: SetKey,
-    cache: Path,
-    inception: Inception,
-    detector: FaceDetector,
-    batch: int,
-    progress: bool,
+    reals: np.ndarray, idx: np.ndarray, key: SetKey, tools: Instruments
 ) -> tuple[SetMeasures, Path]:
     """SetMeasures of reals[idx] (in that order: consecutive images are the MS-SSIM pairs), from the cache
     when this data, subset and Inception file were measured before; the cache file."""
@@ -144,7 +170,7 @@ def measured_reals(
         "source": key.src.key,
         "res": key.res,
         "num": len(idx),
-        "inception_sha256": inception.sha256,
+        "inception_sha256": tools.inception.sha256,
         "seed": key.seed,
         "face_detector": DetectorParams().describe(),
         "ms_ssim_max_pairs": MAX_PAIRS,
@@ -152,15 +178,15 @@ def measured_reals(
     if key.subset:
         fields["subset"] = key.subset
     name = real_cache.cache_key(fields)
-    found = real_cache.load(cache, name)
+    found = real_cache.load(tools.cache, name)
     if found is not None:
-        log.info("real-image statistics from the cache %s", cache / f"{name}.npz")
-        return found, cache / f"{name}.npz"
+        log.info("real-image statistics from the cache %s", tools.cache / f"{name}.npz")
+        return found, tools.cache / f"{name}.npz"
     label = f"{Path(key.data).name} {key.res}x{key.res}" + (
         f" (subset {key.subset + 1})" if key.subset else ""
     )
-    m = measure(real_batches(reals, idx, batch), len(idx), inception, detector, label, progress)
-    return m, real_cache.save(cache, name, m, fields)
+    m = measure(real_batches(reals, idx, tools.batch), len(idx), tools, label)
+    return m, real_cache.save(tools.cache, name, m, fields)
 
 
 @dataclass(frozen=True)
@@ -200,45 +226,28 @@ def evaluate(
     *,
     res: int | None = None,
     num: int = 10_000,
-    batch: int = 32,
-    device: str = "auto",
-    inception_path: str | None = None,
-    cache_dir: str | Path | None = None,
-    data_cache_dir: str | None = None,
-    seed: int = 0,
-    progress: bool = True,
+    how: Measuring = Measuring(),
 ) -> dict[str, Any]:
     """Every figure as one flat dict (the metrics_<res>.json written by the CLI)."""
     t0 = time.perf_counter()
-    batch = checked_sizes(num, batch)
-    dev = resolve_device(device)
+    how = how.checked(num)
+    dev = resolve_device(how.device)
     model = open_model(model_path, dev)
     res = pick_resolution(model, res)
-    inception = load_inception(inception_path, dev)
-    detector = FaceDetector(DetectorParams())
-    reals, native, src = load_reals(data, res, data_cache_dir, progress)
+    tools = Instruments.open(how, dev)
+    reals, native, src = load_reals(data, res, how.data_cache_dir, how.progress)
 
     n_real = min(num, len(reals))
     if n_real < num:
         log.warning(
             "the data has %d images, fewer than --num %d: the real side uses all of them", len(reals), num
         )
-    cache = Path(cache_dir) if cache_dir else real_cache.default_cache_dir()
-    idx = np.random.default_rng(seed).permutation(len(reals))[:n_real]
-    real, real_file = measured_reals(
-        reals, idx, SetKey(data, src, res, seed), cache, inception, detector, batch, progress
-    )
+    idx = np.random.default_rng(how.seed).permutation(len(reals))[:n_real]
+    real, real_file = measured_reals(reals, idx, SetKey(data, src, res, how.seed), tools)
+    fakes = sample_batches(model, num, res, how.batch, seed=how.seed + 1)
+    fake = measure(fakes, num, tools, f"generated {res}x{res}")
 
-    fake = measure(
-        sample_batches(model, num, res, batch, seed=seed + 1),
-        num,
-        inception,
-        detector,
-        f"generated {res}x{res}",
-        progress,
-    )
-
-    dist = Distance.between(real, fake, seed, "generated", "real")
+    dist = Distance.between(real, fake, how.seed, "generated", "real")
     levels = num_scales(res)
     return {
         "resolution": res,
@@ -260,10 +269,10 @@ def evaluate(
         "model": str(Path(model_path).expanduser().resolve()),
         "arch": model.arch,
         "model_info": model.describe(),
-        "inception": inception.describe(),
+        "inception": tools.inception.describe(),
         "real_cache": str(real_file),
         "device": dev,
-        "seed": seed,
+        "seed": how.seed,
         "seconds": round(time.perf_counter() - t0, 1),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
@@ -306,7 +315,7 @@ def default_out(model_path: str) -> Path:
 
 
 def add_measuring_arguments(p: argparse.ArgumentParser, seed_help: str) -> None:
-    """The options every measuring command shares (evaluate, compare-data)."""
+    """The options every measuring command shares (evaluate, compare-data): read by Measuring.from_args."""
     p.add_argument("--batch", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument(
@@ -320,19 +329,6 @@ def add_measuring_arguments(p: argparse.ArgumentParser, seed_help: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def measuring_options(a: argparse.Namespace) -> dict[str, Any]:
-    """add_measuring_arguments' options as keywords of `evaluate` and `compare_data`."""
-    return {
-        "batch": a.batch,
-        "device": a.device,
-        "inception_path": a.inception,
-        "cache_dir": a.cache_dir,
-        "data_cache_dir": a.data_cache_dir,
-        "seed": a.seed,
-        "progress": not a.quiet,
-    }
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="exported model folder (manifest.json), run folder, or checkpoint .pt")
     p.add_argument("--data", required=True, help="the real images: the same kinds of data `train` takes")
@@ -343,7 +339,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    m = evaluate(a.model, a.data, res=a.res, num=a.num, **measuring_options(a))
+    m = evaluate(a.model, a.data, res=a.res, num=a.num, how=Measuring.from_args(a))
     out = Path(a.out) if a.out else default_out(a.model)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(m)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from trainer.cli import main
-from trainer.evaluate import evaluate
+from trainer.evaluate import Measuring, evaluate
 
 NUM = 16  # the Inception pass is slow on CPU; this only checks the plumbing, not the figures
 
@@ -123,9 +123,8 @@ def test_data_smaller_than_the_model_is_upscaled_and_said(
 
     small = tmp_path / "faces8.npy"
     np.save(small, np.asarray(load_images(faces_dir, 8, cache_dir=cache_dir, progress=False))[:NUM])
-    m = evaluate(
-        str(tiny_run), str(small), num=NUM, cache_dir=fid_cache, data_cache_dir=str(cache_dir), progress=False
-    )
+    how = Measuring(cache_dir=fid_cache, data_cache_dir=str(cache_dir), progress=False)
+    m = evaluate(str(tiny_run), str(small), num=NUM, how=how)
     assert m["data_native_res"] == 8 and m["resolution"] == 16 and m["data_resized"]
     assert "UPSCALED" in caplog.text
 
@@ -137,9 +136,8 @@ def test_fewer_data_images_than_num_uses_them_all(
 
     few = tmp_path / "few.npy"
     np.save(few, np.asarray(load_images(faces_dir, 16, cache_dir=cache_dir, progress=False))[:10])
-    m = evaluate(
-        str(tiny_run), str(few), num=NUM, cache_dir=fid_cache, data_cache_dir=str(cache_dir), progress=False
-    )
+    how = Measuring(cache_dir=fid_cache, data_cache_dir=str(cache_dir), progress=False)
+    m = evaluate(str(tiny_run), str(few), num=NUM, how=how)
     assert m["num_real"] == 10 and m["num"] == NUM
     assert "fewer than --num" in caplog.text
 
@@ -183,10 +181,10 @@ def test_cuda_requested_without_cuda(tiny_run: Path, faces_dir: Path, capsys) ->
 
 @pytest.mark.gpu
 def test_cuda_evaluation(tiny_model_dir: Path, faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
-    m = evaluate(
-        str(tiny_model_dir), str(faces_dir), num=512, batch=128, device="cuda", cache_dir=tmp_path,
-        data_cache_dir=str(cache_dir), progress=False,
-    )  # fmt: skip
+    how = Measuring(
+        batch=128, device="cuda", cache_dir=tmp_path, data_cache_dir=str(cache_dir), progress=False
+    )
+    m = evaluate(str(tiny_model_dir), str(faces_dir), num=512, how=how)
     assert m["device"] == "cuda" and m["num"] == 512 and m["face_rate_real"] > 0.5
 
 
@@ -197,7 +195,9 @@ def test_fid_is_reported_from_2048_images(tiny_model_dir: Path, tmp_path: Path) 
 
     if not CELEBA.is_dir():
         pytest.skip("no CelebA")
-    m = evaluate(str(tiny_model_dir), str(CELEBA), num=2048, cache_dir=tmp_path, progress=False)
+    m = evaluate(
+        str(tiny_model_dir), str(CELEBA), num=2048, how=Measuring(cache_dir=tmp_path, progress=False)
+    )
     assert m["fid"] is not None and m["fid"] > 0 and m["fid_note"] is None
 
 
