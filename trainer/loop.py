@@ -520,8 +520,9 @@ def restore(s: RunState, state: dict[str, Any], phases: list[Phase], d: Dist) ->
         s.D.load_state_dict(state["D"])
         s.G_ema.load_state_dict(state["G_ema"])
         s.cur_nimg, s.steps = int(state["cur_nimg"]), int(state["steps"])
-        s.opt_phase = int(state.get("opt_phase", locate(phases, s.cur_nimg)[0]))
-        lr = phases[locate(phases, s.cur_nimg)[0]].lr
+        phase, _ = locate(phases, s.cur_nimg)
+        s.opt_phase = int(state.get("opt_phase", phase))
+        lr = phases[phase].lr
         s.opt_G, s.opt_D = (
             make_optimizer(s.G, lr, s.cfg, s.net.arch),
             make_optimizer(s.D, lr, s.cfg, s.net.arch),
