@@ -8,13 +8,14 @@ hosts what a model costs before they serve it.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from contract import read_manifest
 
 
 def ms_per_image(path: Path, z_dim: int, batch: int, threads: int, repeats: int) -> float:
@@ -48,11 +49,9 @@ def main() -> None:
         for batch in (int(b) for b in a.batches.split(",")):
             first = None
             for m in models:
-                man = json.loads((m / "manifest.json").read_text())
-                params = man["weights"]["bytes"] / 2 / 1e6
-                ms = ms_per_image(
-                    m / man["resolutions"][str(res)]["file"], man["z_dim"], batch, a.threads, a.repeats
-                )
+                man = read_manifest(m)
+                params = man.weights.bytes / 2 / 1e6
+                ms = ms_per_image(m / man.resolutions[res].file, man.z_dim, batch, a.threads, a.repeats)
                 first = first or ms
                 print(
                     f"| {m.name} | {params:.2f} M | {res} | {batch} | {ms:.2f} | {ms / first:.2f} |",

@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from serve_load import post, time_fn  # noqa: E402
 
+from contract import read_manifest  # noqa: E402
 from scripts.serving import ServiceStartError, start_service, stop_service  # noqa: E402
 
 CUDA = "CUDAExecutionProvider"
@@ -65,8 +66,8 @@ DEVICE = "cuda"
 def build(out: Path, resolutions: list[int]) -> int:
     from serve_load import export_bench_model  # torch: only here
 
-    manifest = json.loads((REPO / "models" / "celeba" / "manifest.json").read_text())
-    net = {k: v for k, v in manifest["provenance"]["net_config"].items() if k != "max_res"}
+    net_config = read_manifest(REPO / "models" / "celeba").provenance.net_config or {}
+    net = {k: v for k, v in net_config.items() if k != "max_res"}
     for name, compute in (("bench", "float32"), ("bench16", "float16")):
         folder, _ = export_bench_model(out, "gpu", resolutions, None, net=net, name=name, compute=compute)
         print(f"wrote {folder} ({compute}; NetConfig of models/celeba: {net})")
@@ -104,7 +105,7 @@ def bench_generator(
 
     rows = report.setdefault("generator", [])
     parity = report.setdefault("fp16_parity", [])
-    z_dim = json.loads((models / "bench" / "manifest.json").read_text())["z_dim"]
+    z_dim = read_manifest(models / "bench").z_dim
     for res in resolutions:
         outs: dict[str, np.ndarray] = {}
         for name in ("bench", "bench16"):
@@ -147,7 +148,7 @@ def bench_algos(
     image does not depend on the batch it ran in, 64 that cuDNN picked algorithms that differ by batch."""
     from service.inference.sessions import probe_min_rows
 
-    z_dim = json.loads((models / "bench" / "manifest.json").read_text())["z_dim"]
+    z_dim = read_manifest(models / "bench").z_dim
     rows = report.setdefault("algos", [])
     for res in resolutions:
         for name in ("bench", "bench16"):
@@ -179,7 +180,7 @@ def bench_variance(models: Path, resolutions: list[int], report: dict[str, Any])
     """How much a row's image depends on the batch it runs in (cuDNN's HEURISTIC search picks per shape):
     64 latents run as one batch of 64, as four of 16 and as 64 of one; differing values and the largest
     difference in grey levels, against the batch of 64."""
-    z_dim = json.loads((models / "bench" / "manifest.json").read_text())["z_dim"]
+    z_dim = read_manifest(models / "bench").z_dim
     rows = report.setdefault("batch_variance", [])
     z = np.random.default_rng(11).standard_normal((64, z_dim), dtype=np.float32)
     for res in resolutions:
@@ -200,7 +201,7 @@ def bench_cuda_graph(models: Path, res: int, seconds: float, report: dict[str, A
     """Batch 1 replayed as one CUDA graph (onnxruntime's enable_cuda_graph: fixed shapes, IOBinding)."""
     import onnxruntime as ort
 
-    z_dim = json.loads((models / "bench" / "manifest.json").read_text())["z_dim"]
+    z_dim = read_manifest(models / "bench").z_dim
     out = report.setdefault("cuda_graph", [])
     for name in ("bench", "bench16"):
         sess = cuda_session(models / name / f"G_{res}.onnx", enable_cuda_graph="1")
@@ -220,7 +221,7 @@ def bench_encode(res: int, seconds: float, report: dict[str, Any]) -> None:
     from service.inference import encoding
 
     folder = Path(report["args"]["models"]) / "bench"
-    z_dim = json.loads((folder / "manifest.json").read_text())["z_dim"]
+    z_dim = read_manifest(folder).z_dim
     sess = ort.InferenceSession(str(folder / f"G_{res}.onnx"), providers=["CPUExecutionProvider"])
     image = sess.run(None, {"z": np.random.default_rng(0).standard_normal((1, z_dim), dtype=np.float32)})[0][
         0

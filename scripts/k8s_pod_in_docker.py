@@ -204,7 +204,9 @@ def run_checks(pod: dict[str, Any], c: dict[str, Any], name: str, base: str) -> 
     flight_res = min(res, 128)
 
     def in_flight() -> None:
-        body = json.dumps({"seeds": [1, 2, 3], "steps": 60, "res": flight_res, "output": "animation"}).encode()
+        body = json.dumps(
+            {"seeds": [1, 2, 3], "steps": 60, "res": flight_res, "output": "animation"}
+        ).encode()
         request = urllib.request.Request(
             f"{base}/interpolate",
             data=body,

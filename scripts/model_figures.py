@@ -10,14 +10,13 @@ At 256 px the three PNGs come to ~15 MB; `--format jpg` (quality 88) keeps them 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from contract import z_for_seeds
+from contract import read_manifest, z_for_seeds
 from service.inference.latents import interpolation_path
 from trainer.viz import grid
 
@@ -35,15 +34,13 @@ def main() -> None:
         "--format", choices=["png", "jpg"], default="png", help="png (lossless) or jpg (quality 88)"
     )
     a = ap.parse_args()
-    m = json.loads((a.model / "manifest.json").read_text())
-    resolutions = sorted(int(r) for r in m["resolutions"])
+    m = read_manifest(a.model)
+    resolutions = list(m.resolutions)
     res = a.res or resolutions[-1]
 
     def run(r: int, z: np.ndarray) -> np.ndarray:
-        sess = ort.InferenceSession(
-            str(a.model / m["resolutions"][str(r)]["file"]), providers=["CPUExecutionProvider"]
-        )
-        return sess.run(None, {m["input"]["name"]: z})[0]
+        sess = ort.InferenceSession(str(a.model / m.resolutions[r].file), providers=["CPUExecutionProvider"])
+        return sess.run(None, {m.input.name: z})[0]
 
     name, ext = a.prefix, a.format
     a.out.mkdir(parents=True, exist_ok=True)
@@ -56,10 +53,10 @@ def main() -> None:
             img.save(path)
 
     seeds = list(range(a.first_seed, a.first_seed + 64))
-    z = z_for_seeds(seeds, m["z_dim"])
+    z = z_for_seeds(seeds, m.z_dim)
     save(grid(run(res, z), 8, scale=max(1, 128 // res)), "samples")
 
-    waypoints = z_for_seeds([seeds[1], seeds[5], seeds[9], seeds[13]], m["z_dim"])
+    waypoints = z_for_seeds([seeds[1], seeds[5], seeds[9], seeds[13]], m.z_dim)
     path = interpolation_path(waypoints, 6, "slerp", loop=False)
     save(grid(run(res, path), len(path), scale=max(1, 96 // res)), "interpolation")
 
