@@ -45,11 +45,11 @@ def main() -> None:
     print(f"onnxruntime {ort.__version__}, CPU provider, {a.threads} intra-op threads; median of {a.repeats}")
     print("| model | G params (fp16 weights) | res | batch | ms / image | x first model |")
     print("| --- | --- | --- | --- | --- | --- |")
+    manifests = {m: read_manifest(m) for m in models}
     for res in (int(r) for r in a.res.split(",")):
         for batch in (int(b) for b in a.batches.split(",")):
             first = None
-            for m in models:
-                man = read_manifest(m)
+            for m, man in manifests.items():
                 params = man.weights.bytes / 2 / 1e6
                 ms = ms_per_image(m / man.resolutions[res].file, man.z_dim, batch, a.threads, a.repeats)
                 first = first or ms

@@ -9,7 +9,7 @@ from typing import Any
 
 from service.config import REPO_ROOT, Settings
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "service.md"
+DOC = REPO_ROOT / "docs" / "service.md"
 ROW = re.compile(r"^\| `FACES_([A-Z0-9_]+)` \| (.+?) \| .+ \|$")
 
 
@@ -27,7 +27,7 @@ def same(doc: str, default: Any) -> bool:
         return doc == (",".join(default) if default else "(empty)")
     if isinstance(default, Path):
         return doc.replace("<repo>", str(REPO_ROOT)) == str(default)
-    return bool(doc == str(default))
+    return doc == str(default)
 
 
 def test_every_setting_is_documented_with_its_default() -> None:

@@ -6,9 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import REPO
 from tests.service.conftest import FIXTURE
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_service_fixture.py"
+SCRIPT = REPO / "scripts" / "make_service_fixture.py"
 
 
 def test_the_script_writes_the_committed_fixture(tmp_path: Path) -> None:
