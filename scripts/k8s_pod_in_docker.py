@@ -197,15 +197,14 @@ def run_checks(pod: dict[str, Any], c: dict[str, Any], name: str, base: str) -> 
         f"preStop {' '.join(pre_stop)}: ran in the container ({time.monotonic() - t_term:.0f} s), served meanwhile"
     )
 
-    # One long request in flight (an interpolation of ~120 frames: seconds of runs on two CPUs). Only one:
-    # behind it, the queue bound (FACES_MAX_QUEUE_WAIT_MS) would rightly refuse more. At most 128 px: at
-    # 256 the 120 frames took 28 s of the 30 s FACES_GRACEFUL_TIMEOUT on CI's two cores.
+    # One long request in flight (an interpolation of 121 frames at the largest resolution: ~16 s at 256 px
+    # on two idle CPUs; the CPU overlay's FACES_GRACEFUL_TIMEOUT is 60 s). Only one: behind it, the queue
+    # bound (FACES_MAX_QUEUE_WAIT_MS) would rightly refuse more.
     done: dict[str, Any] = {}
-    flight_res = min(res, 128)
 
     def in_flight() -> None:
         body = json.dumps(
-            {"seeds": [1, 2, 3], "steps": 60, "res": flight_res, "output": "animation"}
+            {"seeds": [1, 2, 3], "steps": 60, "res": res, "output": "animation"}
         ).encode()
         request = urllib.request.Request(
             f"{base}/interpolate",
