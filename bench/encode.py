@@ -4,7 +4,7 @@ row), and its animated GIF (a fast-octree palette per frame) against Pillow's ow
     python bench/encode.py            # faces from the bundled model; prints two tables
 
 Images: 16 generated faces per row of the PNG table, from models/celeba at 64, 128 and 256; for the GIF, a
-walk of --frames frames at 256 px between seeds, as /interpolate makes them. Same machine, same process,
+straight walk of --frames frames at 256 px between two seeds. Same machine, same process,
 same images; PNG times are medians of single-image encodes, GIF times the whole animation (one thread).
 """
 
