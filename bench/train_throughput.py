@@ -6,6 +6,10 @@ and on CUDA the share of the bf16 peak follow.
 
     python bench/train_throughput.py [--res 4,8,16,32,64,128,256] [--steps 5] [--presets paper,fast] [--cpu]
 
+`--compile` adds, in the same process, the fast configuration with G and D compiled as `train --compile`
+runs them (the penalty's double backward through the eager D) and the seconds its compilation took;
+`--batch 16,32,64` gives a row per minibatch (what a larger minibatch buys at a resolution).
+
 Beside the GAN zoo's PGAN (../shared/anchors/anchor_pgan_bench.py, fmap_max 256, latent 512, its minibatch
 table, mid-fade), at the same network size and batch:
 
@@ -39,11 +43,13 @@ def step_gflop(net: NetConfig, res: int, alpha: float) -> float:
     """GFLOP of one trained image in a full D + G step, as 4 G forwards + 13 D forwards (the G forward in the
     D step, the D forwards on reals, fakes and the penalty's mix with their backward passes, the penalty's
     double backward, the G step's forward and backward through D and G). The counter cannot follow the
-    penalty's double backward itself, so the forwards are counted (on CPU, batch 2) and weighted."""
-    G, D = build_networks(net)
+    penalty's double backward itself, so the forwards are counted (batch 2, on the meta device: shapes
+    only, nothing computed) and weighted."""
+    with torch.device("meta"):
+        G, D = build_networks(net)
     with torch.no_grad():
         with FlopCounterMode(display=False) as fc:
-            img = G(torch.randn(2, net.z_dim), res, alpha)
+            img = G(torch.randn(2, net.z_dim, device="meta"), res, alpha)
         g = fc.get_total_flops()
         with FlopCounterMode(display=False) as fc:
             D(img, res, alpha)
@@ -65,8 +71,10 @@ def step_rate(
     amp: str,
     channels_last: bool,
     alpha: float = 1.0,
-) -> float:
-    """Images per second of `steps` full G+D steps at `res` (after two warm-up steps)."""
+    compile: bool = False,
+) -> tuple[float, float]:
+    """Images per second of `steps` full G+D steps at `res`, and the seconds of the two warm-up steps
+    before them (with `compile`, mostly compilation)."""
     G, D = build_networks(net)
     G.to(device)
     D.to(device)
@@ -76,8 +84,22 @@ def step_rate(
     opt_G, opt_D = make_optimizer(G, 1e-3, cfg, "progan"), make_optimizer(D, 1e-3, cfg, "progan")
     use_amp = device.type == "cuda" and amp != "off"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
+    cfg = dataclasses.replace(cfg, compile=compile)  # a compiled step takes a fade's alpha as a tensor
+    G_step, D_step = G, D
+    if compile:  # as trainer.loop.step_context: static shapes, the eager D kept for the penalty
+        G_step = torch.compile(G, dynamic=False)  # type: ignore[assignment]
+        D_step = torch.compile(D, dynamic=False)  # type: ignore[assignment]
     ctx = StepContext(
-        G, D, net, cfg, device, autocast, None, torch.Generator(device=device).manual_seed(0), Dist()
+        G_step,
+        D_step,
+        net,
+        cfg,
+        device,
+        autocast,
+        None,
+        torch.Generator(device=device).manual_seed(0),
+        Dist(),
+        D_eager=D,
     )
     reals = torch.randn(batch, 3, res, res, device=device)
     if channels_last:
@@ -91,16 +113,41 @@ def step_rate(
         G.requires_grad_(True)
         g_step(ctx, batch, res, alpha, opt_G)
 
-    for _ in range(2):
-        one()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(steps):
-        one()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - t)
+    def timed(n: int) -> float:
+        t = time.perf_counter()
+        for _ in range(n):
+            one()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    warm = timed(2)
+    return batch * steps / timed(steps), warm
+
+
+def minibatches(text: str) -> list[int]:
+    """--batch: one minibatch or a comma-separated list of them."""
+    try:
+        sizes = [int(b) for b in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give minibatch sizes as positive integers, e.g. 16,32,64"
+        )
+    return sizes
+
+
+def strict_fp32_rate(
+    net: NetConfig, cfg: TrainConfig, res: int, batch: int, steps: int, device: torch.device, alpha: float
+) -> float:
+    """The baseline: fp32 with TF32 off on CUDA, NCHW, `net` as given (unfused): the step as first written."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        return step_rate(net, cfg, res, batch, steps, device, "off", False, alpha)[0]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
 def main() -> None:
@@ -108,7 +155,11 @@ def main() -> None:
     ap.add_argument("--res", default="4,8,16,32,64,128,256")
     ap.add_argument("--presets", default="paper,fast")
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--batch", type=int, help="override the preset's minibatch")
+    ap.add_argument(
+        "--batch",
+        type=minibatches,
+        help="minibatch instead of the preset's; a list (16,32,64) gives a row each",
+    )
     ap.add_argument("--cpu", action="store_true", help="stay on CPU even when CUDA is present")
     ap.add_argument("--z-dim", type=int, help="override the preset's latent size")
     ap.add_argument("--fmap-max", type=int, help="override the preset's channel cap")
@@ -123,6 +174,9 @@ def main() -> None:
     )
     ap.add_argument("--no-baseline", action="store_true", help="skip the plain baseline rows")
     ap.add_argument("--no-fused", action="store_true", help="time the fast configuration without fused_scale")
+    ap.add_argument(
+        "--compile", action="store_true", help="also time the fast configuration with G and D compiled"
+    )
     a = ap.parse_args()
     cuda = torch.cuda.is_available() and not a.cpu
     device = torch.device("cuda" if cuda else "cpu")
@@ -135,6 +189,8 @@ def main() -> None:
     fast_name = ("bf16+CL+TF32" if cuda else "fp32") + ("+fused" if fused else "")
     print(f"device: {name}; torch {torch.__version__}; {a.steps} timed steps per row")
     head = f"| preset | res | batch | img/s ({fast_name}) |"
+    if a.compile:
+        head += " img/s (the same, compiled) | compiled / not | compile s |"
     if not a.no_baseline:
         head += f" img/s ({'fp32 NCHW' if cuda else 'fp32'}, unfused) | speed-up |"
     peak = bf16_peak(name) if cuda else None
@@ -148,20 +204,20 @@ def main() -> None:
         for res in (int(r) for r in a.res.split(",")):
             plain = NetConfig(max_res=res, **net_kw)
             net = dataclasses.replace(plain, fused_scale=fused)
-            batch = a.batch or (ZOO_BATCH[res] if a.zoo_batch else cfg.batch(res))
-            fast = step_rate(net, cfg, res, batch, a.steps, device, "bf16", cuda, a.alpha)
-            row = f"| {pname} | {res} | {batch} | {fast:.1f} |"
-            if not a.no_baseline:  # fp32 (TF32 off on CUDA), NCHW, unfused: the same step as first written
-                torch.backends.cuda.matmul.allow_tf32 = False
-                torch.backends.cudnn.allow_tf32 = False
-                base = step_rate(plain, cfg, res, batch, a.steps, device, "off", False, a.alpha)
-                torch.backends.cuda.matmul.allow_tf32 = cuda
-                torch.backends.cudnn.allow_tf32 = cuda
-                row += f" {base:.1f} | {fast / base:.2f}x |"
             gflop = step_gflop(net, res, a.alpha)
-            row += f" {gflop:.1f} | {gflop * fast / 1000:.2f} |"
-            row += f" {gflop * fast / 1000 / peak:.1%} |" if peak else ""
-            print(row, flush=True)
+            batches = [ZOO_BATCH[res] if a.zoo_batch else cfg.batch(res)]
+            for batch in a.batch or batches:
+                fast, _ = step_rate(net, cfg, res, batch, a.steps, device, "bf16", cuda, a.alpha)
+                row = f"| {pname} | {res} | {batch} | {fast:.1f} |"
+                if a.compile:
+                    comp, warm = step_rate(net, cfg, res, batch, a.steps, device, "bf16", cuda, a.alpha, True)
+                    row += f" {comp:.1f} | {comp / fast:.2f}x | {warm:.0f} |"
+                if not a.no_baseline:
+                    base = strict_fp32_rate(plain, cfg, res, batch, a.steps, device, a.alpha)
+                    row += f" {base:.1f} | {fast / base:.2f}x |"
+                row += f" {gflop:.1f} | {gflop * fast / 1000:.2f} |"
+                row += f" {gflop * fast / 1000 / peak:.1%} |" if peak else ""
+                print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,21 @@ def _link_faces(dest: Path, n: int) -> Path:
     for f in sorted(CELEBA.iterdir())[:n]:
         (folder / f.name).symlink_to(f)
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def progan_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The decoded-image and real-statistics caches of everything the tests run (subprocesses included)
+    in the session's temporary folder, not the user's ~/.cache/progan: the tests' data are temporary
+    folders, so their caches would be left behind there, never read again."""
+    path = tmp_path_factory.mktemp("progan-cache")
+    old = os.environ.get("PROGAN_CACHE")
+    os.environ["PROGAN_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("PROGAN_CACHE", None)
+    else:
+        os.environ["PROGAN_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

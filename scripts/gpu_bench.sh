@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Issue 11's training-speed figures in one device call, most wanted first, each step cut to the time left so
+# that the call ends END_S seconds after it started with every finished row kept:
+#   1. the GAN zoo's PGAN and ours at the same network size and minibatch (z 512, fmap_max 256, the zoo's
+#      one-GPU table, mid-fade), per resolution: ours / zoo;
+#   2. the `gpu` preset (the default model's network) at 128 and 256 px: bf16 + channels-last + fused,
+#      the same compiled (`train --compile`), and the fp32 NCHW unfused baseline, in one process each;
+#   3. the `gpu` preset at 256 px with larger minibatches (what the 2.7 % of the bf16 peak is waiting on).
+# What comes back under $OUT: bench.log (every table as printed), zoo.jsonl and summary.md (ours / zoo).
+#
+#   mkdir -p .gpu && cp -r ../shared/anchors .gpu/anchors     # on the CPU side: the zoo travels in .gpu/
+#   device call (carry .gpu/anchors): OUT=$OUT END_S=540 bash scripts/gpu_bench.sh
+#
+# RES (default "64 128 256") and STEPS (default 20) shrink it, e.g. for a smoke run on a CPU.
+set -uo pipefail
+t0=$(date +%s)
+: "${OUT:?set OUT}"
+END_S=${END_S:-540}
+RES=${RES:-64 128 256}
+STEPS=${STEPS:-20}
+ANCHORS=${ANCHORS:-.gpu/anchors}
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+device=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+log=$OUT/bench.log
+
+# step NAME MAX_S CMD...: runs CMD for at most MAX_S seconds and never past END_S; its output goes to the log
+step() {
+    local name=$1 max_s=$2 left
+    shift 2
+    left=$((END_S - ($(date +%s) - t0) - 5))
+    [ "$left" -gt "$max_s" ] && left=$max_s
+    if [ "$left" -lt 10 ]; then
+        echo "== $name: skipped, out of time" | tee -a "$log"
+        return
+    fi
+    echo "== $name (at most $left s)" | tee -a "$log"
+    timeout "$left" "$@" 2>&1 | tee -a "$log"
+    [ "${PIPESTATUS[0]}" -eq 124 ] && echo "== $name: stopped at its limit" | tee -a "$log"
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+  $PY -c "import torch; print('torch', torch.__version__)"; } | tee -a "$log"
+
+bench=(bench/train_throughput.py --steps "$STEPS")
+[ "$device" = cpu ] && bench+=(--cpu)
+for r in $RES; do
+    step "zoo $r" 60 $PY "$ANCHORS/anchor_pgan_bench.py" --zoo "$ANCHORS/pytorch_GAN_zoo" --device "$device" \
+        --res "$r" --fmap-max 256 --latent 512 --iters "$STEPS" | grep '^{' >> "$OUT/zoo.jsonl"
+    step "ours $r (the zoo's size and batch)" 60 $PY "${bench[@]}" --presets paper --fmap-max 256 --z-dim 512 \
+        --zoo-batch --alpha 0.5 --res "$r" --no-baseline
+done
+for r in $RES; do
+    [ "$r" -ge 128 ] || continue
+    step "gpu preset $r: fast, compiled, fp32 baseline" 180 $PY "${bench[@]}" --presets gpu --res "$r" --compile
+done
+top=${RES##* }
+step "gpu preset $top: minibatch" 120 $PY "${bench[@]}" --presets gpu --res "$top" --batch 16,32,64 --no-baseline
+
+$PY - "$log" "$OUT/zoo.jsonl" "$OUT/summary.md" "$device" <<'EOF'
+import json, sys
+from pathlib import Path
+log, zoo_file, out = (Path(p) for p in sys.argv[1:4])
+fast = "bf16 + CL + fused" if sys.argv[4] == "cuda" else "fp32 + fused"
+zoo = {}
+if zoo_file.exists():
+    zoo = {d["res"]: d for d in map(json.loads, zoo_file.read_text().split("\n")[:-1])}
+ours = {}
+for line in log.read_text().splitlines():
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    if len(cells) > 3 and cells[0] == "paper" and cells[1].isdigit():
+        ours[int(cells[1])] = (int(cells[2]), float(cells[3]))
+rows = [f"| res | batch | zoo img/s (fp32) | ours img/s ({fast}) | ours / zoo |", "|---|---|---|---|---|"]
+for res in sorted(set(zoo) | set(ours)):
+    z, o = zoo.get(res), ours.get(res)
+    ratio = f"{o[1] / z['img_per_s']:.2f}x" if z and o else "–"
+    rows.append(f"| {res} | {(o or (z['batch'],))[0]} | {z['img_per_s'] if z else '–'} | {o[1] if o else '–'} | {ratio} |")
+out.write_text("\n".join(rows) + "\n")
+print("\n".join(rows))
+EOF
+echo "bench done in $(($(date +%s) - t0)) s"

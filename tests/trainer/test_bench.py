@@ -1,0 +1,85 @@
+"""The training-speed benchmark and the one-call GPU script that runs it beside the GAN zoo (issue 11's
+figures): they run on a CPU, so a GPU lease is never spent finding that they break."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench import train_throughput
+from tests.conftest import REPO, SHARED
+from trainer.config import NetConfig, preset
+from trainer.networks import build_networks
+
+
+def table_rows(text: str, preset_name: str) -> list[list[str]]:
+    return [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith(f"| {preset_name} |")
+    ]
+
+
+def test_flops_counted_on_the_meta_device_are_those_of_the_real_forwards() -> None:
+    """step_gflop counts shapes on the meta device (a 256 px `paper` network took seconds of CPU per row
+    the real way); the count must be what real tensors give."""
+    net_kw, _ = preset("tiny")
+    net = NetConfig(max_res=16, fused_scale=True, **net_kw)
+    torch.manual_seed(0)
+    G, D = build_networks(net)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc_g:
+        img = G(torch.randn(2, net.z_dim), 16, 0.5)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc_d:
+        D(img, 16, 0.5)
+    real = (4 * fc_g.get_total_flops() + 13 * fc_d.get_total_flops()) / 2 / 1e9
+    assert real > 0
+    assert train_throughput.step_gflop(net, 16, 0.5) == pytest.approx(real, rel=1e-12)
+
+
+def test_bench_times_each_minibatch_and_the_compiled_step(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--batch 4,8 gives a row each; --compile times the step with G and D compiled (the penalty through
+    the eager D) mid-fade. aot_eager stands in for inductor: the same capture, no C++ compiler needed."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    argv = ["train_throughput", "--presets", "tiny", "--res", "8", "--steps", "1", "--batch", "4,8"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--compile", "--alpha", "0.5", "--cpu"])
+    train_throughput.main()
+    out = capsys.readouterr().out
+    assert "img/s (the same, compiled)" in out and "compile s" in out
+    rows = table_rows(out, "tiny")
+    assert [r[2] for r in rows] == ["4", "8"]
+    for r in rows:  # fast, compiled, ratio, compile s, baseline, speed-up, GFLOP, TFLOP/s
+        assert float(r[3]) > 0 and float(r[4]) > 0 and float(r[7]) > 0
+        assert r[5].endswith("x") and r[8].endswith("x")
+
+
+@pytest.mark.skipif(not (SHARED / "anchors" / "anchor_pgan_bench.py").exists(), reason="no ../shared/anchors")
+def test_gpu_bench_script_runs_ours_beside_the_zoo(tmp_path: Path) -> None:
+    """scripts/gpu_bench.sh on a CPU at 4 px: the zoo's row, ours at its size and batch, the minibatch
+    sweep, and summary.md with ours / zoo."""
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path),
+        "RES": "4",
+        "STEPS": "1",
+        "END_S": "300",
+        "ANCHORS": str(SHARED / "anchors"),
+        "PY": sys.executable,
+    }
+    done = subprocess.run(
+        ["bash", "scripts/gpu_bench.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"res": 4' in (tmp_path / "zoo.jsonl").read_text()
+    log = (tmp_path / "bench.log").read_text()
+    assert [r[2] for r in table_rows(log, "gpu")] == ["16", "32", "64"]
+    (row,) = table_rows((tmp_path / "summary.md").read_text(), "4")
+    assert row[1] == "128" and row[4].endswith("x") and float(row[4][:-1]) > 0
