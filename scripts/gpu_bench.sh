@@ -3,9 +3,10 @@
 # that the call ends END_S seconds after it started with every finished row kept:
 #   1. the GAN zoo's PGAN and ours at the same network size and minibatch (z 512, fmap_max 256, the zoo's
 #      one-GPU table, mid-fade), per resolution: ours / zoo;
-#   2. the `gpu` preset (the default model's network) at 128 and 256 px: bf16 + channels-last + fused,
-#      the same compiled (`train --compile`), and the fp32 NCHW unfused baseline, in one process each;
-#   3. the `gpu` preset at 256 px with larger minibatches (what the 2.7 % of the bf16 peak is waiting on).
+#   2. the `gpu` preset (the default model's network) at 128 and 256 px: bf16 + channels-last + fused
+#      against the fp32 NCHW unfused baseline, in one process each;
+#   3. the `gpu` preset at 256 px with larger minibatches (what the 2.7 % of the bf16 peak is waiting on);
+#   4. the same step compiled (`train --compile`) at 128 and 256 px, beside the uncompiled one.
 # What comes back under $OUT: bench.log (every table as printed), zoo.jsonl and summary.md (ours / zoo).
 #
 #   mkdir -p .gpu && cp -r ../shared/anchors .gpu/anchors     # on the CPU side: the zoo travels in .gpu/
@@ -52,10 +53,14 @@ for r in $RES; do
 done
 for r in $RES; do
     [ "$r" -ge 128 ] || continue
-    step "gpu preset $r: fast, compiled, fp32 baseline" 180 $PY "${bench[@]}" --presets gpu --res "$r" --compile
+    step "gpu preset $r: fast against the fp32 baseline" 90 $PY "${bench[@]}" --presets gpu --res "$r"
 done
 top=${RES##* }
 step "gpu preset $top: minibatch" 120 $PY "${bench[@]}" --presets gpu --res "$top" --batch 16,32,64 --no-baseline
+for r in $RES; do  # last: compiling may take minutes, and a step cut at its limit loses its row
+    [ "$r" -ge 128 ] || continue
+    step "gpu preset $r: compiled" 180 $PY "${bench[@]}" --presets gpu --res "$r" --compile --no-baseline
+done
 
 $PY - "$log" "$OUT/zoo.jsonl" "$OUT/summary.md" "$device" <<'EOF'
 import json, sys
