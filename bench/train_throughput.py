@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from contextlib import nullcontext
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainer.config import NetConfig, TrainConfig, preset
-from trainer.loop import Dist, StepContext, d_step, g_step, make_optimizer
+from trainer.config import Amp, NetConfig, TrainConfig, preset
+from trainer.loop import Dist, make_optimizer, networks_step_context, train_step
 from trainer.networks import build_networks
 
 # the GAN zoo anchor's minibatch (../shared/anchors/anchor_pgan_bench.py: the official one-GPU table)
@@ -68,7 +67,7 @@ def step_rate(
     batch: int,
     steps: int,
     device: torch.device,
-    amp: str,
+    amp: Amp,
     channels_last: bool,
     alpha: float = 1.0,
     compile: bool = False,
@@ -82,41 +81,17 @@ def step_rate(
         G.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         D.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     opt_G, opt_D = make_optimizer(G, 1e-3, cfg, "progan"), make_optimizer(D, 1e-3, cfg, "progan")
-    use_amp = device.type == "cuda" and amp != "off"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext()
-    cfg = dataclasses.replace(cfg, compile=compile)  # a compiled step takes a fade's alpha as a tensor
-    G_step, D_step = G, D
-    if compile:  # as trainer.loop.step_context: static shapes, the eager D kept for the penalty
-        G_step = torch.compile(G, dynamic=False)  # type: ignore[assignment]
-        D_step = torch.compile(D, dynamic=False)  # type: ignore[assignment]
-    ctx = StepContext(
-        G_step,
-        D_step,
-        net,
-        cfg,
-        device,
-        autocast,
-        None,
-        torch.Generator(device=device).manual_seed(0),
-        Dist(),
-        D_eager=D,
-    )
+    # the step as `train` sets it up: bf16 autocast (amp "bf16", CUDA only), G and D compiled with `compile`
+    cfg = dataclasses.replace(cfg, amp=amp, compile=compile)
+    ctx = networks_step_context(G, D, net, cfg, device, torch.Generator(device=device).manual_seed(0), Dist())
     reals = torch.randn(batch, 3, res, res, device=device)
     if channels_last:
         reals = reals.contiguous(memory_format=torch.channels_last)
 
-    def one() -> None:
-        D.requires_grad_(True)
-        G.requires_grad_(False)
-        d_step(ctx, reals, res, alpha, opt_D)
-        D.requires_grad_(False)
-        G.requires_grad_(True)
-        g_step(ctx, batch, res, alpha, opt_G)
-
     def timed(n: int) -> float:
         t = time.perf_counter()
         for _ in range(n):
-            one()
+            train_step(ctx, reals, res, alpha, opt_G, opt_D)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t

@@ -69,7 +69,7 @@ log, zoo_file, out = (Path(p) for p in sys.argv[1:4])
 fast = "bf16 + CL + fused" if sys.argv[4] == "cuda" else "fp32 + fused"
 zoo = {}
 if zoo_file.exists():
-    zoo = {d["res"]: d for d in map(json.loads, zoo_file.read_text().split("\n")[:-1])}
+    zoo = {d["res"]: d for d in map(json.loads, zoo_file.read_text().splitlines())}
 ours = {}
 for line in log.read_text().splitlines():
     cells = [c.strip() for c in line.strip("|").split("|")]
@@ -79,7 +79,8 @@ rows = [f"| res | batch | zoo img/s (fp32) | ours img/s ({fast}) | ours / zoo |"
 for res in sorted(set(zoo) | set(ours)):
     z, o = zoo.get(res), ours.get(res)
     ratio = f"{o[1] / z['img_per_s']:.2f}x" if z and o else "–"
-    rows.append(f"| {res} | {(o or (z['batch'],))[0]} | {z['img_per_s'] if z else '–'} | {o[1] if o else '–'} | {ratio} |")
+    batch = o[0] if o else z["batch"]
+    rows.append(f"| {res} | {batch} | {z['img_per_s'] if z else '–'} | {o[1] if o else '–'} | {ratio} |")
 out.write_text("\n".join(rows) + "\n")
 print("\n".join(rows))
 EOF

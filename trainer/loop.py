@@ -539,18 +539,31 @@ def restore(s: RunState, state: dict[str, Any], phases: list[Phase], d: Dist) ->
 
 def step_context(s: RunState, device: torch.device, d: Dist) -> StepContext:
     """What a training step needs: the (compiled) networks, mixed precision, this rank's generator."""
-    cfg = s.cfg
+    return networks_step_context(s.G, s.D, s.net, s.cfg, device, s.gen, d)
+
+
+def networks_step_context(
+    G: nn.Module,
+    D: nn.Module,
+    net: NetConfig,
+    cfg: TrainConfig,
+    device: torch.device,
+    gen: torch.Generator,
+    d: Dist,
+) -> StepContext:
+    """step_context for networks outside a run (bench/train_throughput.py times the step as it trains):
+    autocast and the fp16 scaler from cfg.amp on CUDA, G and D compiled with cfg.compile."""
     use_amp = device.type == "cuda" and cfg.amp != "off"
     amp_dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
     autocast = torch.autocast("cuda", dtype=amp_dtype) if use_amp else nullcontext()
     scaler = torch.amp.GradScaler("cuda") if use_amp and cfg.amp == "fp16" else None
-    G_step, D_step = s.G, s.D
+    G_step, D_step = G, D
     if cfg.compile:
         # static shapes and ints: each resolution (and minibatch) is its own graph anyway, and a dynamic
         # `res` would break the graph where the layers are looked up by name
-        G_step = torch.compile(s.G, dynamic=False)  # type: ignore[assignment]
-        D_step = torch.compile(s.D, dynamic=False)  # type: ignore[assignment]
-    return StepContext(G_step, D_step, s.net, cfg, device, autocast, scaler, s.gen, d, D_eager=s.D)
+        G_step = torch.compile(G, dynamic=False)  # type: ignore[assignment]
+        D_step = torch.compile(D, dynamic=False)  # type: ignore[assignment]
+    return StepContext(G_step, D_step, net, cfg, device, autocast, scaler, gen, d, D_eager=D)
 
 
 def fit_to_deadline(
