@@ -1,12 +1,15 @@
 """The service and its generators on a CUDA GPU: provider check, the generator alone, and HTTP load.
 
-    python bench/serve_gpu.py build --out .gpu/bench                # CPU side: the default model's network at
-                                                                    # 64-256 px, fp32 and fp16 graphs (torch)
+    python bench/serve_gpu.py build --out .gpu/bench [--checkpoint models/celeba/checkpoint.safetensors]
+                                                                    # CPU side (torch): the default model's
+                                                                    # network at 64-256 px, three graph forms
     python bench/serve_gpu.py run --models .gpu/bench/models --json out.json   # on the GPU host (no torch)
 
-`build` exports a freshly initialised generator with the NetConfig of models/celeba (speed does not depend
-on the weights' values) twice: `bench` computes in fp32 (the shipped graphs' form), `bench16` in fp16
-(same fp16 weights; z in and uint8 out as always).
+`build` exports the trained generator of `--checkpoint`, or a freshly initialised one with the NetConfig of
+models/celeba (speed does not depend on the weights' values), three times: `bench` computes in fp32 (the
+shipped graphs' form), `bench16` in fp16 (same fp16 weights; z in and uint8 out as always), `benchT` in
+fp32 with each block's up-sampling and first conv as one stride-2 ConvTranspose (the paper's fused scale:
+the same function, 2.25x fewer FLOPs in those convs).
 
 `run` prints and records, each part on its own so that one failure does not lose the rest:
 1. the service started with FACES_PROVIDERS=CUDAExecutionProvider and FACES_REQUIRE_PROVIDER=true, and
@@ -14,12 +17,13 @@ on the weights' values) twice: `bench` computes in fp32 (the shipped graphs' for
 2. the generator alone in onnxruntime's CUDA provider: median ms per run at each resolution and batch,
    fp32 and fp16 graphs, three ways of feeding it: `run` (numpy in, numpy out: what the service does),
    `bind_host_out` (IOBinding: z copied in, the image bound to host memory) and `bind_device` (z and the
-   image stay on the GPU: the kernels alone); a CUDA-graph replay at batch 1; the fp16 graphs' largest
-   grey-level difference from the fp32 ones on the same z;
+   image stay on the GPU: the kernels alone); a CUDA-graph replay at batch 1; the other graphs' largest
+   grey-level difference from `bench` on the same z;
 3. one image's PNG and JPEG encoding on one core (the service's encoder), the CPU floor per image;
 4. HTTP load: a closed loop of `concurrency` keep-alive connections spread over client processes,
-   each POST /generate?res=R&format=F returning one image; p50 / p99 latency and images/s, batching on
-   and off, one worker process and several.
+   each POST /generate?res=R&format=F&n=N returning N images (one as bytes, several as JSON); p50 / p99
+   latency and images/s, batching on and off, one worker process and several; the GPU memory the
+   server's processes hold (nvidia-smi) after each server's load.
 The client runs on the same host and takes cores from the server: its figures are lower bounds.
 """
 
@@ -58,19 +62,28 @@ from scripts.serving import ServiceStartError, start_service, stop_service  # no
 CUDA = "CUDAExecutionProvider"
 PROVIDER = CUDA  # `run --provider CPUExecutionProvider` checks this script on a host without a GPU
 DEVICE = "cuda"
+GRAPHS = ("bench", "bench16", "benchT")  # build's three forms of one generator; `run` measures those present
+
+
+def graphs(models: Path) -> list[str]:
+    return [g for g in GRAPHS if (models / g).is_dir()]
 
 
 # ---------------------------------------------------------------------------- build (CPU, torch)
 
 
-def build(out: Path, resolutions: list[int]) -> int:
+def build(out: Path, resolutions: list[int], checkpoint: str | None) -> int:
     from serve_load import export_bench_model  # torch: only here
 
     net_config = read_manifest(REPO / "models" / "celeba").provenance.net_config or {}
     net = {k: v for k, v in net_config.items() if k != "max_res"}
-    for name, compute in (("bench", "float32"), ("bench16", "float16")):
-        folder, _ = export_bench_model(out, "gpu", resolutions, None, net=net, name=name, compute=compute)
-        print(f"wrote {folder} ({compute}; NetConfig of models/celeba: {net})")
+    forms = {"bench": ("float32", False), "bench16": ("float16", False), "benchT": ("float32", True)}
+    for name, (compute, fused) in forms.items():
+        folder, _ = export_bench_model(
+            out, "gpu", resolutions, checkpoint, net=net, name=name, compute=compute, fused_up=fused
+        )
+        what = checkpoint or f"fresh weights, NetConfig of models/celeba: {net}"
+        print(f"wrote {folder} ({compute}{', fused up-sampling' if fused else ''}; {what})")
     return 0
 
 
@@ -104,11 +117,11 @@ def bench_generator(
     import onnxruntime as ort
 
     rows = report.setdefault("generator", [])
-    parity = report.setdefault("fp16_parity", [])
+    parity = report.setdefault("parity", [])
     z_dim = read_manifest(models / "bench").z_dim
     for res in resolutions:
         outs: dict[str, np.ndarray] = {}
-        for name in ("bench", "bench16"):
+        for name in graphs(models):
             sess = cuda_session(models / name / f"G_{res}.onnx")
             for b in batches:
                 z = np.random.default_rng(b).standard_normal((b, z_dim), dtype=np.float32)
@@ -135,9 +148,12 @@ def bench_generator(
                 )
             zp = np.random.default_rng(7).standard_normal((64, z_dim), dtype=np.float32)
             outs[name] = sess.run(None, {"z": zp})[0].astype(np.int16)
-        d = np.abs(outs["bench"] - outs["bench16"])
-        parity.append(dict(res=res, samples=64, max_grey=int(d.max()), mean_grey=float(d.mean())))
-        print(f"  fp16 vs fp32 graphs at {res}: max |diff| {int(d.max())}, mean {d.mean():.4f} grey levels")
+        for name in graphs(models)[1:]:
+            d = np.abs(outs["bench"] - outs[name])
+            parity.append(
+                dict(graph=name, res=res, samples=64, max_grey=int(d.max()), mean_grey=float(d.mean()))
+            )
+            print(f"  {name} vs bench at {res}: max |diff| {int(d.max())}, mean {d.mean():.4f} grey levels")
 
 
 def bench_algos(
@@ -151,7 +167,7 @@ def bench_algos(
     z_dim = read_manifest(models / "bench").z_dim
     rows = report.setdefault("algos", [])
     for res in resolutions:
-        for name in ("bench", "bench16"):
+        for name in graphs(models):
             for search in ("DEFAULT", "HEURISTIC", "EXHAUSTIVE"):
                 for nhwc in ("0", "1"):
                     row: dict[str, Any] = dict(graph=name, res=res, search=search, prefer_nhwc=nhwc)
@@ -184,7 +200,7 @@ def bench_variance(models: Path, resolutions: list[int], report: dict[str, Any])
     rows = report.setdefault("batch_variance", [])
     z = np.random.default_rng(11).standard_normal((64, z_dim), dtype=np.float32)
     for res in resolutions:
-        for name in ("bench", "bench16"):
+        for name in graphs(models):
             sess = cuda_session(models / name / f"G_{res}.onnx")
             ref = sess.run(None, {"z": z})[0].astype(np.int16)
             for k in (16, 1):
@@ -203,7 +219,7 @@ def bench_cuda_graph(models: Path, res: int, seconds: float, report: dict[str, A
 
     z_dim = read_manifest(models / "bench").z_dim
     out = report.setdefault("cuda_graph", [])
-    for name in ("bench", "bench16"):
+    for name in graphs(models):
         sess = cuda_session(models / name / f"G_{res}.onnx", enable_cuda_graph="1")
         z = ort.OrtValue.ortvalue_from_numpy(np.ones((1, z_dim), np.float32), DEVICE, 0)
         img = ort.OrtValue.ortvalue_from_shape_and_type((1, res, res, 3), np.uint8, DEVICE, 0)
@@ -237,7 +253,9 @@ def bench_encode(res: int, seconds: float, report: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- HTTP load
 
 
-async def _client(url: str, res: int, conns: int, fmt: str, start: float, warm: float, stop: float) -> Any:
+async def _client(
+    url: str, res: int, conns: int, fmt: str, n: int, start: float, warm: float, stop: float
+) -> Any:
     parsed = urlsplit(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
     lat: list[float] = []
@@ -250,7 +268,9 @@ async def _client(url: str, res: int, conns: int, fmt: str, start: float, warm: 
         try:
             while time.time() < stop:
                 t = time.time()
-                path = f"/generate?res={res}&seed={rng.randrange(2**32)}&format={fmt}"
+                path = f"/generate?res={res}&seed={rng.randrange(2**32)}&format={fmt}" + (
+                    f"&n={n}" if n > 1 else ""
+                )
                 status, _, _ = await post(reader, writer, f"{host}:{port}", path)
                 done = time.time()
                 if t >= start + warm and done <= stop:
@@ -263,15 +283,17 @@ async def _client(url: str, res: int, conns: int, fmt: str, start: float, warm: 
     return lat, errors
 
 
-def client_proc(url: str, res: int, conns: int, fmt: str, start: float, warm: float, stop: float) -> Any:
+def client_proc(
+    url: str, res: int, conns: int, fmt: str, n: int, start: float, warm: float, stop: float
+) -> Any:
     while time.time() < start:
         time.sleep(0.001)
     try:
         import uvloop
 
-        return uvloop.run(_client(url, res, conns, fmt, start, warm, stop))
+        return uvloop.run(_client(url, res, conns, fmt, n, start, warm, stop))
     except ImportError:
-        return asyncio.run(_client(url, res, conns, fmt, start, warm, stop))
+        return asyncio.run(_client(url, res, conns, fmt, n, start, warm, stop))
 
 
 def load(
@@ -283,12 +305,14 @@ def load(
     fmt: str,
     seconds: float,
     warm: float,
+    n: int = 1,
 ) -> dict[str, Any]:
+    """One load cell: `conc` connections each asking for `n` images per request; images/s counts images."""
     procs = min(procs, conc)
     share = [conc // procs + (i < conc % procs) for i in range(procs)]
     start = time.time() + 0.5
     stop = start + warm + seconds
-    futs = [pool.submit(client_proc, url, res, c, fmt, start, warm, stop) for c in share]
+    futs = [pool.submit(client_proc, url, res, c, fmt, n, start, warm, stop) for c in share]
     lat: list[float] = []
     errors = 0
     for f in futs:
@@ -296,18 +320,34 @@ def load(
         lat += part
         errors += e
     ms = np.array(lat) * 1e3
-    n = len(ms)
     return dict(
         res=res,
         format=fmt,
         concurrency=conc,
+        n=n,
         client_procs=procs,
-        requests=n,
+        requests=len(ms),
         errors=errors,
-        images_s=n / seconds,
-        p50_ms=float(np.percentile(ms, 50)) if n else float("nan"),
-        p99_ms=float(np.percentile(ms, 99)) if n else float("nan"),
+        requests_s=len(ms) / seconds,
+        images_s=n * len(ms) / seconds,
+        p50_ms=float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+        p99_ms=float(np.percentile(ms, 99)) if len(ms) else float("nan"),
     )
+
+
+def gpu_memory_mib() -> dict[str, int]:
+    """{pid: MiB} of the processes holding GPU memory (nvidia-smi); {} where it cannot tell."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    rows = [line.split(",") for line in out.strip().splitlines() if "," in line]
+    return {pid.strip(): int(mib) for pid, mib in rows if mib.strip().isdigit()}
 
 
 def providers_of(url: str) -> dict[str, dict[str, str]]:
@@ -349,10 +389,12 @@ def bench_service(models: Path, args: argparse.Namespace, report: dict[str, Any]
     servers = [  # (label, settings)
         ("1 worker, batching on", {"FACES_BATCHING": "on", "FACES_ENCODE_THREADS": "6"}),
         ("1 worker, batching off", {"FACES_BATCHING": "off", "FACES_ENCODE_THREADS": "6"}),
+    ] + [
         (
-            f"{args.workers} workers, batching on",
-            {"FACES_BATCHING": "on", "FACES_WORKERS": str(args.workers), "FACES_ENCODE_THREADS": "2"},
-        ),
+            f"{w} workers, batching on",
+            {"FACES_BATCHING": "on", "FACES_WORKERS": str(w), "FACES_ENCODE_THREADS": "2"},
+        )
+        for w in args.workers
     ]
     best = pick_cuda_settings(report)
     if best:
@@ -364,10 +406,10 @@ def bench_service(models: Path, args: argparse.Namespace, report: dict[str, Any]
     ctx = get_context("spawn")
     with ProcessPoolExecutor(args.client_procs, mp_context=ctx) as pool:
         list(pool.map(time.sleep, [0.01] * args.client_procs))  # start the client processes now
-        for model in ("bench", "bench16"):
+        for model in graphs(models):
             for label, extra in servers:
-                if model == "bench16" and "workers" not in label:
-                    continue
+                if model != "bench" and label != servers[-1][0]:
+                    continue  # the other graph forms: on the last (most workers) server only
                 env = {**base, "FACES_DEFAULT_MODEL": model, **extra}
                 t0 = time.perf_counter()
                 try:
@@ -383,21 +425,29 @@ def bench_service(models: Path, args: argparse.Namespace, report: dict[str, Any]
                     print(
                         f"  {model} {label}: ready in {ready_s:.1f} s; /models providers {provs}", flush=True
                     )
-                    for fmt in args.formats:
-                        for conc in args.concurrency:
-                            if "off" in label and conc == 1:
-                                continue  # the same path as on at concurrency 1
-                            row = load(
-                                pool, args.client_procs, url, 256, conc, fmt, args.seconds, args.warmup
-                            )
-                            row.update(graph=model, server=label)
-                            rows.append(row)
-                            print(
-                                f"  {model:8s} {label:24s} {fmt:4s} c {conc:3d}: {row['images_s']:8.0f} images/s  "
-                                f"p50 {row['p50_ms']:7.2f}  p99 {row['p99_ms']:7.2f} ms  "
-                                f"({row['requests']} req, {row['errors']} errors)",
-                                flush=True,
-                            )
+                    cells = [
+                        (fmt, conc, n)
+                        for fmt in args.formats
+                        for conc in args.concurrency
+                        for n in args.n
+                        # batching off at c=1 is the same path as on; several images a request: at the
+                        # highest concurrency, where throughput is measured
+                        if not ("off" in label and conc == 1)
+                        and (n == 1 or (conc == max(args.concurrency) and "off" not in label))
+                    ]
+                    for fmt, conc, n in cells:
+                        row = load(pool, args.client_procs, url, 256, conc, fmt, args.seconds, args.warmup, n)
+                        row.update(graph=model, server=label)
+                        rows.append(row)
+                        print(
+                            f"  {model:8s} {label:24s} {fmt:4s} c {conc:3d} n {n:2d}: "
+                            f"{row['images_s']:8.0f} images/s  p50 {row['p50_ms']:7.2f}  "
+                            f"p99 {row['p99_ms']:7.2f} ms  ({row['requests']} req, {row['errors']} errors)",
+                            flush=True,
+                        )
+                    mem = {k: v for k, v in gpu_memory_mib().items() if k != str(os.getpid())}
+                    report.setdefault("gpu_memory_mib", {})[f"{model} / {label}"] = mem
+                    print(f"  GPU memory of the server's processes (MiB, by pid): {mem}", flush=True)
                     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
                         text = r.read().decode()
                     keep = [x for x in text.splitlines() if x.startswith("faces_") and "_bucket{" not in x]
@@ -496,7 +546,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             table(
                 report["load"],
-                ["graph", "server", "format", "concurrency", "images_s", "p50_ms", "p99_ms", "errors"],
+                ["graph", "server", "format", "concurrency", "n", "images_s", "p50_ms", "p99_ms", "errors"],
             )
         )
     save()
@@ -509,9 +559,10 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="export the bench models (needs torch)")
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--res", type=int, nargs="+", default=[64, 128, 256])
-    b.set_defaults(func=lambda a: build(a.out, a.res))
+    b.add_argument("--checkpoint", help="a trained generator's checkpoint (default: fresh weights)")
+    b.set_defaults(func=lambda a: build(a.out, a.res, a.checkpoint))
     r = sub.add_parser("run", help="measure on this host's GPU")
-    r.add_argument("--models", type=Path, required=True, help="folder holding bench/ and bench16/")
+    r.add_argument("--models", type=Path, required=True, help="folder holding bench/ (and bench16/, benchT/)")
     r.add_argument("--res", type=int, nargs="+", default=[64, 128, 256])
     r.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
     r.add_argument("--gen-seconds", type=float, default=0.5)
@@ -521,7 +572,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--warmup", type=float, default=1.0)
     r.add_argument("--max-batch", type=int, default=64, help="FACES_MAX_BATCH of the servers")
     r.add_argument("--max-wait-ms", type=float, default=2.0)
-    r.add_argument("--workers", type=int, default=4, help="FACES_WORKERS of the multi-worker server")
+    r.add_argument(
+        "--workers", type=int, nargs="+", default=[4], help="FACES_WORKERS of the multi-worker servers"
+    )
+    r.add_argument("--n", type=int, nargs="+", default=[1], help="images per request (n > 1: JSON)")
     r.add_argument("--client-procs", type=int, default=4)
     r.add_argument(
         "--env", action="append", default=[], metavar="FACES_X=V", help="a setting for every server"

@@ -70,6 +70,7 @@ def export_bench_model(
     net: dict[str, Any] | None = None,
     name: str = "bench",
     compute: str = "float32",
+    fused_up: bool = False,
 ) -> tuple[Path, dict[int, Any]]:
     """A model folder `out/models/name`, and the torch modules its graphs were exported from (same
     fp16-rounded weights).
@@ -78,7 +79,8 @@ def export_bench_model(
     NetConfig fields over the preset's (speed does not depend on their values). Each resolution's graph
     cuts G at that resolution with its own toRGB (trainer.export also refits those heads, which costs
     minutes on a CPU and nothing at run time). `compute` "float16": graphs that compute in fp16 (z in and
-    uint8 out as always).
+    uint8 out as always). `fused_up`: each block's up-sampling and first conv as one stride-2 ConvTranspose
+    (trainer.export.onnx_friendly), whose 4x4 kernel is rounded to fp16 as stored.
     """
     import onnx
     import torch
@@ -123,7 +125,10 @@ def export_bench_model(
     for res in resolutions:
         top = res == G.max_res
         module = ExportedGenerator(G, res, 1.0, None if top else G.to_rgb[res_key(res)], dtype).eval()
-        onnx.save_model(store_weights_fp16(export_onnx(module, G.z_dim), store), folder / f"G_{res}.onnx")
+        onnx.save_model(
+            store_weights_fp16(export_onnx(module, G.z_dim, fused_up=fused_up), store),
+            folder / f"G_{res}.onnx",
+        )
         modules[res] = module
     store.close()
     for res in resolutions:

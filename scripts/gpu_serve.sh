@@ -22,7 +22,16 @@ export PYTHONUNBUFFERED=1
 python3 bench/serve_gpu.py run --models .gpu/bench/models --json "$OUT/serve_gpu.json" "$@" 2>&1 | tee "$OUT/serve_gpu.log"
 rc=$?
 nvidia-smi --query-gpu=memory.used --format=csv
-[ -n "${SKIP_FOOTPRINT:-}" ] || timeout 120 python3 bench/serve_footprint.py --models .gpu/bench/models --env FACES_PROVIDERS=CUDAExecutionProvider \
-  --env FACES_REQUIRE_PROVIDER=true --env FACES_DEFAULT_MODEL=bench --requests 8 2>&1 | tee "$OUT/footprint.log"
+if [ -z "${SKIP_FOOTPRINT:-}" ]; then
+  # one process serving the default model alone (fp32 graphs, `bench`), as a pod does; the card's memory
+  # in use sampled every 0.5 s beside it (nothing else runs on the GPU by then)
+  mkdir -p /tmp/one && ln -sfn "$PWD/.gpu/bench/models/bench" /tmp/one/bench
+  (while sleep 0.5; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; done) > "$OUT/gpu_mem.txt" &
+  smi=$!
+  timeout 120 python3 bench/serve_footprint.py --models /tmp/one --env FACES_PROVIDERS=CUDAExecutionProvider \
+    --env FACES_REQUIRE_PROVIDER=true --env FACES_DEFAULT_MODEL=bench --requests 8 2>&1 | tee "$OUT/footprint.log"
+  kill $smi
+  echo "GPU memory in use during the footprint run: peak $(sort -n "$OUT/gpu_mem.txt" | tail -1) MiB (idle card $(sort -n "$OUT/gpu_mem.txt" | head -1) MiB)"
+fi
 echo "gpu_serve done in $(( $(date +%s) - t0 )) s (serve_gpu rc=$rc)"
 exit $rc

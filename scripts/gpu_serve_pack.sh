@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # CPU side of the GPU serving measurement (issue 13): everything scripts/gpu_serve.sh needs on a lent GPU,
 # in the git-ignored .gpu/:
-#   .gpu/bench        the default model's network at 64-256 px, fp32 and fp16 graphs (bench/serve_gpu.py build)
+#   .gpu/bench        the default model's network at 64-256 px in three graph forms (bench/serve_gpu.py build),
+#                     with the trained weights of $CHECKPOINT (default: the shipped model's), or fresh ones
+#                     if CHECKPOINT= is empty
 #   .gpu/whl          the service's wheels the device image lacks, at the versions installed in .venv
 #   .gpu/ort/p1..pN   onnxruntime-gpu for CPython 3.12 (its TensorRT provider left out: never used here),
 #                     xz-compressed and split into parts under one call's 64 MiB; pN/sha256 checks them
@@ -13,6 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 ORT_VERSION=${ORT_VERSION:-1.31.1}
+CHECKPOINT=${CHECKPOINT-models/celeba/checkpoint.safetensors}
+PART_MB=${PART_MB:-56}  # less where the tracked tree that travels beside each part is larger
 WHEELS=(fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv typing-inspection annotated-types
   uvicorn python-multipart opentelemetry-api)
 PLATFORMS=()
@@ -23,7 +27,7 @@ download() { # NAME==VERSION DEST: a CPython 3.12 x86_64 wheel (or a pure-Python
 }
 
 rm -rf .gpu/bench .gpu/whl .gpu/ort
-"$PY" bench/serve_gpu.py build --out .gpu/bench
+"$PY" bench/serve_gpu.py build --out .gpu/bench ${CHECKPOINT:+--checkpoint "$CHECKPOINT"}
 
 mkdir -p .gpu/whl
 for name in "${WHEELS[@]}"; do
@@ -39,9 +43,9 @@ mkdir "$work/site"
 (cd "$work/site" && unzip -q "$work"/dl/onnxruntime_gpu-*.whl)
 rm -f "$work"/site/onnxruntime/capi/libonnxruntime_providers_tensorrt.so
 tar -C "$work/site" -c . | xz -6 -T0 > "$work/ort.tar.xz"
-# one call carries the tracked tree plus what `carry` names, 64 MiB in all: 56 MiB parts, and the last
+# one call carries the tracked tree plus what `carry` names, 64 MiB in all: $PART_MB MiB parts, and the last
 # (smaller) one travels with the wheels and the bench models
-split -b 56M -d -a 1 "$work/ort.tar.xz" "$work/part"
+split -b "${PART_MB}M" -d -a 1 "$work/ort.tar.xz" "$work/part"
 n=0
 for part in "$work"/part*; do
   n=$((n + 1))

@@ -172,13 +172,15 @@ class ChannelL2Norm(nn.Module):
         return x / (norm * x.shape[1] ** -0.5 + self.eps)
 
 
-def onnx_friendly(module: nn.Module) -> nn.Module:
-    """A copy with every PixelNorm replaced by its ChannelL2Norm form and G's fused up-sampling convs in
-    their plain form (the same function; plain ops for every runtime); the module itself is untouched."""
+def onnx_friendly(module: nn.Module, fused_up: bool = False) -> nn.Module:
+    """A copy with every PixelNorm replaced by its ChannelL2Norm form and G's up-sampling convs in their
+    plain form (the same function; plain ops for every runtime), or with `fused_up` as one stride-2
+    ConvTranspose each (EqualizedConv2d.up2: 2.25x fewer FLOPs, no up-sampled copy; onnxruntime's CPU
+    ConvTranspose made it a wash, bench/serve_gpu.py measures it on CUDA); the module itself is untouched."""
     module = copy.deepcopy(module)
     for block in module.modules():
         if isinstance(block, GBlock):
-            block.fused = False
+            block.fused = fused_up
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if isinstance(child, PixelNorm):
@@ -186,9 +188,9 @@ def onnx_friendly(module: nn.Module) -> nn.Module:
     return module
 
 
-def export_onnx(module: nn.Module, z_dim: int) -> onnx.ModelProto:
+def export_onnx(module: nn.Module, z_dim: int, fused_up: bool = False) -> onnx.ModelProto:
     """torch -> ONNX with a dynamic batch axis and constant folding (the equalized-LR scales fold away)."""
-    module = onnx_friendly(module)
+    module = onnx_friendly(module, fused_up=fused_up)
     z = torch.randn(2, z_dim)
     for name in ("onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.ERROR)
