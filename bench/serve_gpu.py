@@ -231,6 +231,61 @@ def bench_cuda_graph(models: Path, res: int, seconds: float, report: dict[str, A
         print(f"  {name:8s} res {res:4d} batch 1: CUDA graph replay {ms:7.3f} ms", flush=True)
 
 
+MEMORY_OPTIONS: dict[str, dict[str, str]] = {  # CUDA provider options, as FACES_* settings set them
+    "defaults": {},
+    "cudnn workspace capped": {"cudnn_conv_use_max_workspace": "0"},
+    "arena same-as-requested": {"arena_extend_strategy": "kSameAsRequested"},
+    "both": {"cudnn_conv_use_max_workspace": "0", "arena_extend_strategy": "kSameAsRequested"},
+}
+
+
+def memory_child(
+    models: Path, graph: str, resolutions: list[int], batches: list[int], opts: str, provider: str
+) -> int:
+    """One process as a service worker holds a model: a session per resolution, runs at each batch; prints
+    {"ms": {res: {batch: ms}}, "gpu_mib": this process's GPU memory} as one JSON line."""
+    global PROVIDER
+    PROVIDER = provider
+    z_dim = read_manifest(models / graph).z_dim
+    sessions = {r: cuda_session(models / graph / f"G_{r}.onnx", **json.loads(opts)) for r in resolutions}
+    ms: dict[str, dict[str, float]] = {}
+    for r, sess in sessions.items():
+        for b in batches:
+            z = np.random.default_rng(b).standard_normal((b, z_dim), dtype=np.float32)
+            ms.setdefault(str(r), {})[str(b)] = median_ms(partial(sess.run, None, {"z": z}), 0.3)
+    print(json.dumps({"ms": ms, "gpu_mib": gpu_memory_mib().get(str(os.getpid()))}))
+    return 0
+
+
+def bench_memory(models: Path, resolutions: list[int], batches: list[int], report: dict[str, Any]) -> None:
+    """GPU memory of one process holding a model's sessions after runs at every batch, and their speed,
+    under each of MEMORY_OPTIONS (a fresh process each: the arena never gives memory back)."""
+    rows = report.setdefault("memory", [])
+    for graph in [g for g in graphs(models) if g != "bench16"]:
+        for label, opts in MEMORY_OPTIONS.items():
+            cmd = [sys.executable, __file__, "memory-child", "--models", str(models), "--graph", graph]
+            cmd += ["--provider", PROVIDER]
+            cmd += [
+                "--res",
+                *map(str, resolutions),
+                "--batches",
+                *map(str, batches),
+                "--opts",
+                json.dumps(opts),
+            ]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if out.returncode != 0:
+                raise RuntimeError(f"memory-child {graph} {label}: {out.stderr[-500:]}")
+            got = json.loads(out.stdout.strip().splitlines()[-1])
+            top = str(max(resolutions))
+            row = dict(graph=graph, options=label, gpu_mib=got["gpu_mib"])
+            row.update({f"ms_{top}_b{b}": got["ms"][top][str(b)] for b in batches})
+            rows.append(row)
+            print(
+                f"  {graph:8s} {label:26s}: {got['gpu_mib']} MiB; at {top} px {got['ms'][top]} ms", flush=True
+            )
+
+
 def bench_encode(res: int, seconds: float, report: dict[str, Any]) -> None:
     import onnxruntime as ort
 
@@ -328,8 +383,8 @@ def load(
         client_procs=procs,
         requests=len(ms),
         errors=errors,
-        requests_s=len(ms) / seconds,
-        images_s=n * len(ms) / seconds,
+        requests_s=(len(ms) - errors) / seconds,  # answered with 200
+        images_s=n * (len(ms) - errors) / seconds,
         p50_ms=float(np.percentile(ms, 50)) if len(ms) else float("nan"),
         p99_ms=float(np.percentile(ms, 99)) if len(ms) else float("nan"),
     )
@@ -508,6 +563,7 @@ def run(args: argparse.Namespace) -> int:
         ("algos", lambda: bench_algos(args.models, args.res, args.batches, args.gen_seconds, report)),
         ("generator", lambda: bench_generator(args.models, args.res, args.batches, args.gen_seconds, report)),
         ("variance", lambda: bench_variance(args.models, args.res, report)),
+        ("memory", lambda: bench_memory(args.models, args.res, args.batches, report)),
         ("cuda-graph", lambda: bench_cuda_graph(args.models, 256, args.gen_seconds, report)),
         ("encode", lambda: bench_encode(256, 1.0, report)),
         ("service", lambda: bench_service(args.models, args, report)),
@@ -584,11 +640,19 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         nargs="*",
         default=[],
-        help="parts to leave out: algos, generator, variance, cuda-graph, encode, service",
+        help="parts to leave out: algos, generator, variance, memory, cuda-graph, encode, service",
     )
     r.add_argument("--provider", default=CUDA, help="CPUExecutionProvider: check this script without a GPU")
     r.add_argument("--json", type=Path)
     r.set_defaults(func=run)
+    m = sub.add_parser("memory-child", help="(internal) one process's GPU memory for `run`'s memory part")
+    m.add_argument("--models", type=Path, required=True)
+    m.add_argument("--graph", required=True)
+    m.add_argument("--res", type=int, nargs="+", required=True)
+    m.add_argument("--batches", type=int, nargs="+", required=True)
+    m.add_argument("--opts", default="{}", help="CUDA provider options as JSON")
+    m.add_argument("--provider", default=CUDA)
+    m.set_defaults(func=lambda a: memory_child(a.models, a.graph, a.res, a.batches, a.opts, a.provider))
     args = p.parse_args(argv)
     return int(args.func(args))
 

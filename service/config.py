@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     cuda_device_id: int = Field(default=0, ge=0)
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = "HEURISTIC"
     cuda_mem_limit: int = Field(default=0, ge=0)  # bytes for the CUDA arena; 0 = no limit
+    # how the CUDA arena grows: next_power_of_two (onnxruntime's default) or same_as_requested (less memory)
+    cuda_arena_extend: Literal["next_power_of_two", "same_as_requested"] = "next_power_of_two"
+    cudnn_max_workspace: bool = True  # let cuDNN take its largest workspace (onnxruntime's default)
     intra_op_threads: int = Field(default=0, ge=0)  # threads per onnxruntime run; 0 = one per physical core
     intra_op_spinning: bool = False  # spin-wait between ops: lower latency, burns CPU when idle
     cpu_layout: Literal["nchwc", "nchw"] = "nchwc"  # CPU provider: blocked (NCHWc) or plain conv layout

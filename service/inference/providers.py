@@ -63,6 +63,11 @@ def cuda_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "device_id": settings.cuda_device_id,
         "cudnn_conv_algo_search": settings.cudnn_conv_algo_search,
+        "arena_extend_strategy": {
+            "next_power_of_two": "kNextPowerOfTwo",
+            "same_as_requested": "kSameAsRequested",
+        }[settings.cuda_arena_extend],
+        "cudnn_conv_use_max_workspace": "1" if settings.cudnn_max_workspace else "0",
     }
     if settings.cuda_mem_limit:
         options["gpu_mem_limit"] = settings.cuda_mem_limit

@@ -92,3 +92,19 @@ def test_start_up_without_a_gpu_prints_no_onnxruntime_errors(
     # compared with the provider really asked for: no "asked for CUDAExecutionProvider" warnings
     assert len(sessions) == 3 and all(r.levelno == logging.INFO for r in sessions)
     assert all("asked for CPUExecutionProvider" in r.getMessage() for r in sessions)
+
+
+def test_cuda_memory_settings_reach_the_provider_options() -> None:
+    """onnxruntime's own defaults unless set; the memory-saving forms as onnxruntime spells them."""
+    default = cuda_options(Settings())
+    assert default["arena_extend_strategy"] == "kNextPowerOfTwo"
+    assert default["cudnn_conv_use_max_workspace"] == "1"
+    assert "gpu_mem_limit" not in default
+    lean = cuda_options(
+        Settings(cuda_arena_extend="same_as_requested", cudnn_max_workspace=False, cuda_mem_limit=2 << 30)
+    )
+    assert lean["arena_extend_strategy"] == "kSameAsRequested"
+    assert lean["cudnn_conv_use_max_workspace"] == "0"
+    assert lean["gpu_mem_limit"] == 2 << 30
+    with pytest.raises(ValueError, match="cuda_arena_extend"):
+        Settings(cuda_arena_extend="pow2")
