@@ -390,18 +390,20 @@ def load(
     )
 
 
+def nvidia_smi(*args: str) -> str:
+    """nvidia-smi's output (its error text if it printed nothing); OSError or SubprocessError if it cannot
+    run."""
+    out = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=20)
+    return out.stdout.strip() or out.stderr.strip()
+
+
 def gpu_memory_mib() -> dict[str, int]:
     """{pid: MiB} of the processes holding GPU memory (nvidia-smi); {} where it cannot tell."""
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        ).stdout
+        out = nvidia_smi("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits")
     except (OSError, subprocess.SubprocessError):
         return {}
-    rows = [line.split(",") for line in out.strip().splitlines() if "," in line]
+    rows = [line.split(",") for line in out.splitlines() if "," in line]
     return {pid.strip(): int(mib) for pid, mib in rows if mib.strip().isdigit()}
 
 
@@ -529,13 +531,7 @@ def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
 
 def gpu_name() -> str:
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        return out.stdout.strip() or out.stderr.strip()
+        return nvidia_smi("--query-gpu=name,driver_version,memory.total", "--format=csv,noheader")
     except (OSError, subprocess.SubprocessError) as exc:
         return f"nvidia-smi failed: {exc}"
 

@@ -7,7 +7,8 @@
 #   .gpu/whl          the service's wheels the device image lacks, at the versions installed in .venv
 #   .gpu/ort/p1..pN   onnxruntime-gpu for CPython 3.12 (its TensorRT provider left out: never used here),
 #                     xz-compressed and split into parts under one call's 64 MiB; pN/sha256 checks them
-# Needs pip to reach an index (it does here). Then, on the device, while the machine stays warm:
+# Needs pip to reach an index (it does here). Then, on the device, while the machine stays warm (the exact
+# calls of the last measurement: docs/benchmarks.md, "Rerun"):
 #   one call per part but the last, carrying .gpu/ort/pI (command `true`), then one carrying the last part,
 #   .gpu/whl and .gpu/bench that runs `OUT=$OUT bash scripts/gpu_serve.sh` (docs/benchmarks.md). The
 #   script prints the sizes, and what to move out of the tracked tree while the calls run if it is too big.

@@ -4,6 +4,7 @@ figures): they run on a CPU, so a GPU lease is never spent finding that they bre
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -83,3 +84,38 @@ def test_gpu_bench_script_runs_ours_beside_the_zoo(tmp_path: Path) -> None:
     assert [r[2] for r in table_rows(log, "gpu")] == ["16", "32", "64"]
     (row,) = table_rows((tmp_path / "summary.md").read_text(), "4")
     assert row[1] == "128" and row[4].endswith("x") and float(row[4][:-1]) > 0
+
+
+def test_serve_gpu_bench_builds_its_three_graph_forms_and_measures_them_on_a_cpu(tmp_path: Path) -> None:
+    """bench/serve_gpu.py (issue 13's GPU serving figures) end to end on the CPU provider, at 8 px from the
+    shipped model's checkpoint: the three graph forms, the generator part with parity against `bench`
+    (fused within 1 grey level on the CPU's plain fp32), and the memory part's child processes."""
+    if not (REPO / "models" / "celeba" / "checkpoint.safetensors").exists():
+        pytest.skip("the shipped model's checkpoint is not in this checkout")
+    script = [sys.executable, str(REPO / "bench" / "serve_gpu.py")]
+    build = subprocess.run(
+        [*script, "build", "--out", str(tmp_path), "--res", "4", "8", "--checkpoint",
+         str(REPO / "models" / "celeba" / "checkpoint.safetensors")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+    models = tmp_path / "models"
+    assert sorted(p.name for p in models.iterdir()) == ["bench", "bench16", "benchT"]
+    report = tmp_path / "report.json"
+    run = subprocess.run(
+        [*script, "run", "--models", str(models), "--provider", "CPUExecutionProvider", "--res", "8",
+         "--batches", "1", "2", "--gen-seconds", "0.05", "--skip", "algos", "variance", "cuda-graph", "encode",
+         "service", "--json", str(report)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    got = json.loads(report.read_text())
+    assert {(r["graph"], r["batch"]) for r in got["generator"]} == {
+        (g, b) for g in ("bench", "bench16", "benchT") for b in (1, 2)
+    }
+    parity = {r["graph"]: r["max_grey"] for r in got["parity"]}
+    assert parity["benchT"] <= 1 and set(parity) == {"bench16", "benchT"}
+    assert {(r["graph"], r["options"]) for r in got["memory"]} == {
+        (g, o) for g in ("bench", "benchT") for o in ("defaults", "cudnn workspace capped",
+                                                       "arena same-as-requested", "both")
+    }  # fmt: skip

@@ -107,6 +107,32 @@ def test_pixel_norm_exports_as_one_channel_l2_reduction(exported) -> None:
     assert isinstance(exported.modules[16].G.norm, PixelNorm)  # the torch reference is left as it was
 
 
+def test_up_sampling_is_one_transposed_conv_unless_plain(exported, tiny_run: Path, tmp_path: Path) -> None:
+    """The default export writes each block's up-sampling and first conv as one stride-2 ConvTranspose;
+    `up="plain"` as Resize then Conv; the two graphs make the same images (within one grey level)."""
+
+    def ops(folder: Path) -> list[str]:
+        return [n.op_type for n in onnx.load(str(folder / "G_16.onnx"), load_external_data=False).graph.node]
+
+    fused = ops(exported.out)
+    plain_dir = tmp_path / "plain"
+    assert (
+        main(["export", str(tiny_run), "--out", str(plain_dir), "--resolutions", "16", "--up", "plain"]) == 0
+    )
+    plain = ops(plain_dir)
+    assert fused.count("ConvTranspose") == 2 and "ConvTranspose" not in plain  # the blocks at 8 and 16
+    assert plain.count("Resize") == fused.count("Resize") + 2
+    z = np.random.default_rng(3).standard_normal((32, exported.manifest.z_dim), dtype=np.float32)
+    a, b = (
+        ort.InferenceSession(str(d / "G_16.onnx"), providers=["CPUExecutionProvider"]).run(None, {"z": z})[0]
+        for d in (exported.out, plain_dir)
+    )
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    with pytest.raises(ValueError, match="up must be"):
+        export_model(tiny_run, tmp_path / "x", up="bilinear")
+    assert not (tmp_path / "x").exists()
+
+
 def test_old_pixel_norm_graphs_are_rewritten_within_one_grey_level(
     exported, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
