@@ -174,9 +174,9 @@ class ChannelL2Norm(nn.Module):
 
 def onnx_friendly(module: nn.Module, fused_up: bool = False) -> nn.Module:
     """A copy with every PixelNorm replaced by its ChannelL2Norm form and G's up-sampling convs in their
-    plain form (the same function; plain ops for every runtime), or with `fused_up` as one stride-2
-    ConvTranspose each (EqualizedConv2d.up2: 2.25x fewer FLOPs, no up-sampled copy; onnxruntime's CPU
-    ConvTranspose made it a wash, bench/serve_gpu.py measures it on CUDA); the module itself is untouched."""
+    plain form (Resize then Conv), or with `fused_up` as one stride-2 ConvTranspose each
+    (EqualizedConv2d.up2: the same function, 2.25x fewer FLOPs in those convs, no up-sampled copy; what
+    `export_model` writes by default); the module itself is untouched."""
     module = copy.deepcopy(module)
     for block in module.modules():
         if isinstance(block, GBlock):
