@@ -6,10 +6,12 @@
     python bench/serve_gpu.py run --models .gpu/bench/models --json out.json   # on the GPU host (no torch)
 
 `build` exports the trained generator of `--checkpoint`, or a freshly initialised one with the NetConfig of
-models/celeba (speed does not depend on the weights' values), three times: `bench` computes in fp32 with
-Resize + Conv up-sampling (`trainer export --up plain`, the shipped form until 2026-11-27), `bench16` in fp16 (same fp16 weights; z in and uint8 out as always), `benchT` in
-fp32 with each block's up-sampling and first conv as one stride-2 ConvTranspose (the paper's fused scale:
-the same function, 2.25x fewer FLOPs in those convs; what `trainer export` writes by default now).
+models/celeba (speed does not depend on the weights' values), three times:
+- `bench` computes in fp32 with Resize + Conv up-sampling (`trainer export --up plain`, the shipped form
+  until 2026-11-27);
+- `bench16` in fp16 (same fp16 weights; z in and uint8 out as always);
+- `benchT` in fp32 with each block's up-sampling and first conv as one stride-2 ConvTranspose (the paper's
+  fused scale: the same function, 2.25x fewer FLOPs in those convs; what `trainer export` writes now).
 
 `run` prints and records, each part on its own so that one failure does not lose the rest:
 1. the service started with FACES_PROVIDERS=CUDAExecutionProvider and FACES_REQUIRE_PROVIDER=true, and
