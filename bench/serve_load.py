@@ -80,7 +80,8 @@ def export_bench_model(
     cuts G at that resolution with its own toRGB (trainer.export also refits those heads, which costs
     minutes on a CPU and nothing at run time). `compute` "float16": graphs that compute in fp16 (z in and
     uint8 out as always). `fused_up`: each block's up-sampling and first conv as one stride-2 ConvTranspose
-    (trainer.export.onnx_friendly), whose 4x4 kernel is rounded to fp16 as stored.
+    (trainer.export.onnx_friendly); the graph keeps the stored 3x3 weights and builds the 4x4 kernel from
+    them, which onnxruntime folds at load, so `weights.bin` is the same as the plain form's.
     """
     import onnx
     import torch
