@@ -8,7 +8,9 @@ and on CUDA the share of the bf16 peak follow.
 
 `--compile` adds, in the same process, the fast configuration with G and D compiled as `train --compile`
 runs them (the penalty's double backward through the eager D) and the seconds its compilation took;
-`--batch 16,32,64` gives a row per minibatch (what a larger minibatch buys at a resolution).
+`--batch 16,32,64` gives a row per minibatch (what a larger minibatch buys at a resolution); `--profile N`
+prints after each row the N kernels the fast step spends most time in and how busy the device was
+(bench/step_floor.py gives the ceilings the same step's FLOPs and bytes allow).
 
 Beside the GAN zoo's PGAN (../shared/anchors/anchor_pgan_bench.py, fmap_max 256, latent 512, its minibatch
 table, mid-fade), at the same network size and batch:
@@ -22,8 +24,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from trainer.config import Amp, NetConfig, TrainConfig, preset
@@ -60,44 +65,89 @@ def bf16_peak(name: str) -> float | None:
     return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
 
 
-def step_rate(
-    net: NetConfig,
-    cfg: TrainConfig,
-    res: int,
-    batch: int,
-    steps: int,
-    device: torch.device,
-    amp: Amp,
-    channels_last: bool,
-    alpha: float = 1.0,
-    compile: bool = False,
-) -> tuple[float, float]:
-    """Images per second of `steps` full G+D steps at `res`, and the seconds of the two warm-up steps
-    before them (with `compile`, mostly compilation)."""
-    G, D = build_networks(net)
-    G.to(device)
-    D.to(device)
-    if channels_last:
+@dataclass(frozen=True)
+class StepSpec:
+    """One configuration of the full G+D step: the network, the schedule's settings, the resolution and
+    minibatch, the device, the precision and layout, and the fade's alpha."""
+
+    net: NetConfig
+    cfg: TrainConfig
+    res: int
+    batch: int
+    device: torch.device
+    amp: Amp
+    channels_last: bool
+    alpha: float = 1.0
+
+
+def step_setup(s: StepSpec, compile: bool = False) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Fresh networks and optimizers for `s.net`, and two callables: one full G+D step as `train` runs it
+    (bf16 autocast with amp "bf16" on CUDA, G and D compiled with `compile`), and a device sync."""
+    G, D = build_networks(s.net)
+    G.to(s.device)
+    D.to(s.device)
+    if s.channels_last:
         G.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         D.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    opt_G, opt_D = make_optimizer(G, 1e-3, cfg, "progan"), make_optimizer(D, 1e-3, cfg, "progan")
-    # the step as `train` sets it up: bf16 autocast (amp "bf16", CUDA only), G and D compiled with `compile`
-    cfg = dataclasses.replace(cfg, amp=amp, compile=compile)
-    ctx = networks_step_context(G, D, net, cfg, device, torch.Generator(device=device).manual_seed(0), Dist())
-    reals = torch.randn(batch, 3, res, res, device=device)
-    if channels_last:
+    opt_G, opt_D = make_optimizer(G, 1e-3, s.cfg, "progan"), make_optimizer(D, 1e-3, s.cfg, "progan")
+    cfg = dataclasses.replace(s.cfg, amp=s.amp, compile=compile)
+    gen = torch.Generator(device=s.device).manual_seed(0)
+    ctx = networks_step_context(G, D, s.net, cfg, s.device, gen, Dist())
+    reals = torch.randn(s.batch, 3, s.res, s.res, device=s.device)
+    if s.channels_last:
         reals = reals.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        train_step(ctx, reals, s.res, s.alpha, opt_G, opt_D)
+
+    def sync() -> None:
+        if s.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step, sync
+
+
+def step_rate(s: StepSpec, steps: int, compile: bool = False) -> tuple[float, float]:
+    """Images per second of `steps` full G+D steps, and the seconds of the two warm-up steps before them
+    (with `compile`, mostly compilation)."""
+    step, sync = step_setup(s, compile)
 
     def timed(n: int) -> float:
         t = time.perf_counter()
         for _ in range(n):
-            train_step(ctx, reals, res, alpha, opt_G, opt_D)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+            step()
+        sync()
         return time.perf_counter() - t
 
     warm = timed(2)
-    return batch * steps / timed(steps), warm
+    return s.batch * steps / timed(steps), warm
+
+
+def profile_step(s: StepSpec, rows: int = 15, steps: int = 3) -> str:
+    """Where one step's time goes: torch.profiler over `steps` steps after two warm-up ones, the `rows`
+    kernels (ops on a CPU) with the most self time, and how busy the device was: device time against wall
+    time per step tells a launch-bound step (the device waits on the host) from a kernel-bound one."""
+    step, sync = step_setup(s)
+    for _ in range(2):
+        step()
+    sync()
+    cuda = s.device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        wall = (time.perf_counter() - t) / steps
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    busy = sum(getattr(e, key) for e in events) / steps / 1e6  # seconds of kernels (or ops) per step
+    n_kernels = sum(e.count for e in events if getattr(e, key) > 0) / steps
+    table = events.table(sort_by=key, row_limit=rows)
+    return (
+        f"{table}\nper step: wall {wall * 1e3:.1f} ms, {'device' if cuda else 'op'} busy {busy * 1e3:.1f} ms "
+        f"({busy / wall:.0%}), {n_kernels:.0f} {'kernels' if cuda else 'ops'}"
+    )
 
 
 def minibatches(text: str) -> list[int]:
@@ -113,14 +163,12 @@ def minibatches(text: str) -> list[int]:
     return sizes
 
 
-def strict_fp32_rate(
-    net: NetConfig, cfg: TrainConfig, res: int, batch: int, steps: int, device: torch.device, alpha: float
-) -> float:
-    """The baseline: fp32 with TF32 off on CUDA, NCHW, `net` as given (unfused): the step as first written."""
+def strict_fp32_rate(s: StepSpec, steps: int) -> float:
+    """The baseline: fp32 with TF32 off on CUDA, NCHW, `s.net` as given (unfused): the step as first written."""
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        return step_rate(net, cfg, res, batch, steps, device, "off", False, alpha)[0]
+        return step_rate(dataclasses.replace(s, amp="off", channels_last=False), steps)[0]
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
@@ -152,6 +200,13 @@ def main() -> None:
     ap.add_argument(
         "--compile", action="store_true", help="also time the fast configuration with G and D compiled"
     )
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after each row, profile the fast step: its N costliest kernels and device busy / wall time",
+    )
     a = ap.parse_args()
     cuda = torch.cuda.is_available() and not a.cpu
     device = torch.device("cuda" if cuda else "cpu")
@@ -182,17 +237,20 @@ def main() -> None:
             gflop = step_gflop(net, res, a.alpha)
             batches = [ZOO_BATCH[res] if a.zoo_batch else cfg.batch(res)]
             for batch in a.batch or batches:
-                fast, _ = step_rate(net, cfg, res, batch, a.steps, device, "bf16", cuda, a.alpha)
+                spec = StepSpec(net, cfg, res, batch, device, "bf16", cuda, a.alpha)
+                fast, _ = step_rate(spec, a.steps)
                 row = f"| {pname} | {res} | {batch} | {fast:.1f} |"
                 if a.compile:
-                    comp, warm = step_rate(net, cfg, res, batch, a.steps, device, "bf16", cuda, a.alpha, True)
+                    comp, warm = step_rate(spec, a.steps, compile=True)
                     row += f" {comp:.1f} | {comp / fast:.2f}x | {warm:.0f} |"
                 if not a.no_baseline:
-                    base = strict_fp32_rate(plain, cfg, res, batch, a.steps, device, a.alpha)
+                    base = strict_fp32_rate(dataclasses.replace(spec, net=plain), a.steps)
                     row += f" {base:.1f} | {fast / base:.2f}x |"
                 row += f" {gflop:.1f} | {gflop * fast / 1000:.2f} |"
                 row += f" {gflop * fast / 1000 / peak:.1%} |" if peak else ""
                 print(row, flush=True)
+                if a.profile:
+                    print(profile_step(spec, a.profile), flush=True)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,17 @@
 #   2. the `gpu` preset (the default model's network) at 128 and 256 px: bf16 + channels-last + fused
 #      against the fp32 NCHW unfused baseline, in one process each;
 #   3. the `gpu` preset at 256 px with larger minibatches (what the 2.7 % of the bf16 peak is waiting on);
-#   4. the same step compiled (`train --compile`) at 128 and 256 px, beside the uncompiled one.
+#   4. where the `gpu` preset's step spends its time at 128 and 256 px: the costliest kernels and how busy
+#      the device is (torch.profiler; bench/step_floor.py gives the ceilings on the CPU side);
+#   5. the same step compiled (`train --compile`) at 128 and 256 px, beside the uncompiled one.
 # What comes back under $OUT: bench.log (every table as printed), zoo.jsonl and summary.md (ours / zoo).
 #
 #   mkdir -p .gpu && cp -r ../shared/anchors .gpu/anchors     # on the CPU side: the zoo travels in .gpu/
 #   device call (carry .gpu/anchors): OUT=$OUT END_S=540 bash scripts/gpu_bench.sh
 #
-# RES (default "64 128 256") and STEPS (default 20) shrink it, e.g. for a smoke run on a CPU.
+# RES (default "64 128 256") and STEPS (default 20) shrink it, e.g. for a smoke run on a CPU; PARTS (default
+# "zoo baseline minibatch profile compile") picks the parts, e.g. PARTS="profile compile" for what the
+# H200 call of 2026-11-27 left unmeasured.
 set -uo pipefail
 t0=$(date +%s)
 : "${OUT:?set OUT}"
@@ -21,6 +25,7 @@ RES=${RES:-64 128 256}
 STEPS=${STEPS:-20}
 ANCHORS=${ANCHORS:-.gpu/anchors}
 PY=${PY:-python3}
+PARTS=" ${PARTS:-zoo baseline minibatch profile compile} "
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 device=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 log=$OUT/bench.log
@@ -45,20 +50,27 @@ step() {
 
 bench=(bench/train_throughput.py --steps "$STEPS")
 [ "$device" = cpu ] && bench+=(--cpu)
+want() { [[ "$PARTS" == *" $1 "* ]]; }
 for r in $RES; do
+    want zoo || break
     step "zoo $r" 60 $PY "$ANCHORS/anchor_pgan_bench.py" --zoo "$ANCHORS/pytorch_GAN_zoo" --device "$device" \
         --res "$r" --fmap-max 256 --latent 512 --iters "$STEPS" | grep '^{' >> "$OUT/zoo.jsonl"
     step "ours $r (the zoo's size and batch)" 60 $PY "${bench[@]}" --presets paper --fmap-max 256 --z-dim 512 \
         --zoo-batch --alpha 0.5 --res "$r" --no-baseline
 done
 for r in $RES; do
-    [ "$r" -ge 128 ] || continue
+    [ "$r" -ge 128 ] && want baseline || continue
     step "gpu preset $r: fast against the fp32 baseline" 90 $PY "${bench[@]}" --presets gpu --res "$r"
 done
 top=${RES##* }
-step "gpu preset $top: minibatch" 120 $PY "${bench[@]}" --presets gpu --res "$top" --batch 16,32,64 --no-baseline
+want minibatch && step "gpu preset $top: minibatch" 120 $PY "${bench[@]}" --presets gpu --res "$top" \
+    --batch 16,32,64 --no-baseline
+for r in $RES; do
+    [ "$r" -ge 128 ] && want profile || continue
+    step "gpu preset $r: profile" 60 $PY "${bench[@]}" --presets gpu --res "$r" --profile 20 --no-baseline
+done
 for r in $RES; do  # last: compiling may take minutes, and a step cut at its limit loses its row
-    [ "$r" -ge 128 ] || continue
+    [ "$r" -ge 128 ] && want compile || continue
     step "gpu preset $r: compiled" 180 $PY "${bench[@]}" --presets gpu --res "$r" --compile --no-baseline
 done
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import train_throughput
+from bench import step_floor, train_throughput
 from tests.conftest import REPO, SHARED
 from trainer.config import NetConfig, preset
 from trainer.networks import build_networks
@@ -60,6 +60,89 @@ def test_bench_times_each_minibatch_and_the_compiled_step(
     for r in rows:  # fast, compiled, ratio, compile s, baseline, speed-up, GFLOP, TFLOP/s
         assert float(r[3]) > 0 and float(r[4]) > 0 and float(r[7]) > 0
         assert r[5].endswith("x") and r[8].endswith("x")
+
+
+def test_step_floor_counts_a_convolution_as_by_hand() -> None:
+    """One 3x3 conv: 2 * N * Cout * Cin * 9 * H * W FLOPs; the input, weight and bias read once and the
+    output written once; a view moves nothing."""
+    x, w, b = torch.randn(2, 8, 16, 16), torch.randn(4, 8, 3, 3), torch.randn(4)
+    with step_floor.StepCounter() as c:
+        y = torch.nn.functional.conv2d(x, w, b, padding=1)
+        y.view(-1)
+    assert sum(f for f, _ in c.per_op) == 2 * 2 * 4 * 8 * 9 * 16 * 16
+    assert sum(m for _, m in c.per_op) == 4 * (x.numel() + w.numel() + b.numel() + y.numel())
+    with step_floor.StepCounter() as c:
+        y + b.view(1, 4, 1, 1).expand_as(y)  # stride 0: b's 4 distinct values are read, not 2 * 4 * 16 * 16
+    assert sum(m for _, m in c.per_op) == 4 * (y.numel() + 4 + y.numel())
+
+
+def test_step_floor_counts_on_fake_tensors_what_the_real_step_does() -> None:
+    """count_step runs train_step on fake tensors (shapes only); the same step on real tensors, counted the
+    same way, gives the same FLOPs, bytes and ops (fp32: the CPU's bf16 autocast would differ from
+    CUDA's only in ops without FLOPs). The double backward is in the count: more FLOPs than 4 G and 12 D
+    forwards, the estimate's weights minus the penalty's second-order pass."""
+    import dataclasses
+
+    from trainer.config import TrainConfig
+    from trainer.loop import Dist, make_optimizer, networks_step_context, train_step
+
+    net_kw, train_kw = preset("tiny")
+    net = NetConfig(max_res=16, fused_scale=True, **net_kw)
+    cfg = dataclasses.replace(TrainConfig(**train_kw), amp="off")
+    fake = step_floor.count_step(net, cfg, 16, 8, 0.5)
+    torch.manual_seed(0)
+    G, D = build_networks(net)
+    opt_G, opt_D = make_optimizer(G, 1e-3, cfg, "progan"), make_optimizer(D, 1e-3, cfg, "progan")
+    for opt in (opt_G, opt_D):
+        for group in opt.param_groups:
+            group["fused"] = True
+    ctx = networks_step_context(G, D, net, cfg, torch.device("cpu"), torch.Generator().manual_seed(0), Dist())
+    reals = torch.rand(8, 3, 16, 16) * 2 - 1
+    train_step(ctx, reals, 16, 0.5, opt_G, opt_D)
+    with step_floor.StepCounter() as real:
+        train_step(ctx, reals, 16, 0.5, opt_G, opt_D)
+    assert fake.per_op == real.per_op and fake.flops > 0
+    assert "aten._fused_adam_" in fake.ops and fake.ops["aten._fused_adam_"].calls == 2
+    with torch.no_grad(), FlopCounterMode(display=False) as fc_g:
+        img = G(torch.randn(8, net.z_dim), 16, 0.5)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc_d:
+        D(img, 16, 0.5)
+    assert fake.flops > 4 * fc_g.get_total_flops() + 12 * fc_d.get_total_flops()
+
+
+def test_step_floor_table_and_ceilings(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["step_floor", "--presets", "tiny", "--res", "8,16", "--batch", "8"])
+    step_floor.main()
+    rows = table_rows(capsys.readouterr().out, "tiny")
+    assert [r[1] for r in rows] == ["8", "16"]
+    for r in rows:
+        counted, estimate, all_gb, conv_gb = (float(x) for x in r[3:7])
+        assert counted == pytest.approx(estimate, rel=0.15) and all_gb > conv_gb > 0
+        eager, fused = (float(x.rstrip("%")) for x in r[9:11])
+        assert 0 <= eager <= fused <= 100 and fused > 0  # the tiny step is launch-bound: eager ~0 %
+
+
+def test_step_floor_ceiling_arithmetic() -> None:
+    """A conv at the peak for 1 ms and an elementwise op at the bandwidth for 2 ms: eager 1/3 of the peak,
+    fused (the elementwise op folded away) all of it; 1,000 ops at 5 us each cap eager at 1/5."""
+    card = step_floor.Card("test", 100.0, 2.0)
+    conv, elementwise = (int(100e12 * 1e-3), 0), (0, int(2e12 * 2e-3))
+    c = step_floor.StepCount(batch=1, ops={}, per_op=[conv, elementwise])
+    assert c.ceiling(card) == pytest.approx(1 / 3) and c.ceiling(card, fused=True) == pytest.approx(1.0)
+    c = step_floor.StepCount(batch=1, ops={}, per_op=[conv, elementwise] + [(0, 0)] * 998)
+    assert c.ceiling(card) == pytest.approx(1 / 5)
+
+
+def test_profile_prints_the_costliest_ops_and_how_busy_the_step_is(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train_throughput", "--presets", "tiny", "--res", "8", "--steps", "1", "--no-baseline"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--profile", "5", "--cpu"])
+    train_throughput.main()
+    out = capsys.readouterr().out
+    assert "aten::" in out and "Self CPU" in out
+    busy = [line for line in out.splitlines() if line.startswith("per step: wall")]
+    assert len(busy) == 1 and "ops" in busy[0]
 
 
 @pytest.mark.skipif(not (SHARED / "anchors" / "anchor_pgan_bench.py").exists(), reason="no ../shared/anchors")
