@@ -61,16 +61,22 @@ class ExportedGenerator(nn.Module):
         alpha: float = 1.0,
         head: nn.Module | None = None,
         compute_dtype: torch.dtype = torch.float32,
+        from_top: int | None = None,
     ) -> None:
         super().__init__()
         self.G, self.res, self.alpha, self.head = G, res, alpha, head
         self.compute_dtype = (
             compute_dtype  # float16: G (and head) must hold fp16 weights; z and image stay as they are
         )
+        self.from_top = from_top  # run G at this resolution (with `alpha`) and box-downscale to `res`
 
     def forward(self, z: Tensor) -> Tensor:
         z = z.to(self.compute_dtype)
-        if self.head is not None:
+        if self.from_top is not None:
+            # clamped to the displayable range first, as the top graph's uint8 image is, then averaged
+            top = self.G(z, self.from_top, self.alpha).clamp(-1.0, 1.0)
+            img = F.avg_pool2d(top, self.from_top // self.res)
+        elif self.head is not None:
             assert isinstance(self.G, Generator)
             x, _ = self.G.features(z, self.res)
             img = self.head(x)
@@ -370,12 +376,15 @@ def export_model(
     consistency_method: str = "refit",
     with_checkpoint: bool = True,
     up: str = "fused",
+    downscale: list[int] | None = None,
 ) -> ExportResult:
     """ONNX graphs, shared fp16 weights and manifest.json; with `with_checkpoint` (and a full checkpoint as
     the source) also checkpoint.safetensors, so that the model can be trained further. `up`: "fused" writes
     each G block's up-sampling and first conv as one stride-2 ConvTranspose (the same function; ~1.2x faster
     for the `gpu` preset's network on onnxruntime's CPU and CUDA providers, docs/benchmarks.md), "plain" as
-    Resize then Conv (for runtimes whose ConvTranspose is slow)."""
+    Resize then Conv (for runtimes whose ConvTranspose is slow). `downscale`: lower resolutions whose graph
+    runs the whole network and box-downscales its top output (the same face as the top graph at the top
+    graph's cost, where a cut network's refit head gives worse faces)."""
     if up not in ("fused", "plain"):
         raise ValueError(f"up must be 'fused' or 'plain', got {up!r}")
     # the manifest's pydantic models load here, not at import: `train` (which imports this module for its
@@ -410,6 +419,16 @@ def export_model(
     if never:
         raise ValueError(f"resolution(s) {never} were never trained in {checkpoint}; trained: {trained}")
     top, alpha = max(trained), checkpoint_alpha(lg)
+    downscale = sorted(set(downscale or []))
+    if downscale and lg.arch != "progan":
+        raise ValueError(f"--downscale needs a multi-resolution (progan) model; {checkpoint} is {lg.arch}")
+    bad_down = [r for r in downscale if r not in wanted or r >= top]
+    if bad_down:
+        lower = [r for r in wanted if r < top]
+        raise ValueError(
+            f"--downscale {','.join(map(str, bad_down))}: only resolutions exported below the top one ({top}) "
+            f"can be served as its output downscaled; these are {lower or 'none'}"
+        )
     G32 = fold_equalized_scales(lg.G.float())
     G = copy.deepcopy(G32)
     round_weights_fp16(G)
@@ -437,6 +456,8 @@ def export_model(
             note="distance of each resolution's image of z to the top image of z box-downscaled; "
             "'downscale the top output' would give 0 at the full top-resolution cost",
         )
+        if downscale:
+            report["downscaled_top"] = downscale  # these graphs serve the top output box-downscaled (distance 0)
         if consistency_method == "cut":
             heads = {}
 
@@ -451,7 +472,10 @@ def export_model(
             head = heads.get(r)
             if isinstance(G, Generator) and head is None and r < top:
                 head = G.to_rgb[res_key(r)]
-            module = ExportedGenerator(G, r, alpha if r == top else 1.0, head if r < top else None).eval()
+            if r in downscale:
+                module = ExportedGenerator(G, r, alpha, from_top=top).eval()
+            else:
+                module = ExportedGenerator(G, r, alpha if r == top else 1.0, head if r < top else None).eval()
             model = store_weights_fp16(export_onnx(module, lg.z_dim, fused_up=up == "fused"), store)
             fname = f"G_{r}.onnx"
             onnx.save_model(model, tmp / fname)
@@ -538,6 +562,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="lower resolutions: refit toRGB to the downscaled final output (default) or the trained heads",
     )
     p.add_argument(
+        "--downscale",
+        help="comma list of lower resolutions (e.g. 64,128) whose graph runs the whole network and "
+        "box-downscales the top output: the top graph's faces at the top graph's cost, for when the refit "
+        "lower heads lag behind (compare with `evaluate` first)",
+    )
+    p.add_argument(
         "--up",
         choices=["fused", "plain"],
         default="fused",
@@ -602,6 +632,10 @@ def run(a: argparse.Namespace) -> int:
         res = [int(x) for x in a.resolutions.split(",")] if a.resolutions else None
     except ValueError:
         raise ValueError(f"--resolutions must be a comma list of integers, got {a.resolutions!r}") from None
+    try:
+        down = [int(x) for x in a.downscale.split(",")] if a.downscale else None
+    except ValueError:
+        raise ValueError(f"--downscale must be a comma list of integers, got {a.downscale!r}") from None
     metrics = read_metrics_files(a.metrics)
     try:
         result = export_model(
@@ -614,6 +648,7 @@ def run(a: argparse.Namespace) -> int:
             consistency_method=a.consistency,
             with_checkpoint=not a.no_checkpoint,
             up=a.up,
+            downscale=down,
         )
     except CheckpointError:
         raise

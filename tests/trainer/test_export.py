@@ -133,6 +133,38 @@ def test_up_sampling_is_one_transposed_conv_unless_plain(exported, tiny_run: Pat
     assert not (tmp_path / "x").exists()
 
 
+def test_downscale_serves_the_top_output_box_downscaled(
+    exported, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--downscale 8`: the 8 px graph runs the whole network and box-downscales the 16 px output, so one z
+    gives the top graph's face 2x2-averaged; the other resolutions keep their refit heads; bad lists fail
+    before anything is written."""
+    out = tmp_path / "down"
+    assert main(["export", str(tiny_run), "--out", str(out), "--downscale", "8"]) == 0
+    m = read_manifest(out)
+    assert m.consistency["downscaled_top"] == [8] and sorted(m.resolutions) == [4, 8, 16]
+    z = np.random.default_rng(7).standard_normal((16, m.z_dim), dtype=np.float32)
+
+    def run(folder: Path, res: int) -> np.ndarray:
+        sess = ort.InferenceSession(str(folder / f"G_{res}.onnx"), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"z": z})[0].astype(float)
+
+    top = run(out, 16)
+    box = top.reshape(16, 8, 2, 8, 2, 3).mean(axis=(2, 4))  # the uint8 top image, 2x2-averaged
+    assert np.abs(run(out, 8) - box).max() <= 1.0  # the graph averages before rounding: within one level
+    assert np.abs(run(exported.out, 8) - box).mean() > np.abs(run(out, 8) - box).mean()  # the refit head's
+    assert np.array_equal(run(out, 4), run(exported.out, 4))  # untouched: the refit head as before
+    ops = [n.op_type for n in onnx.load(str(out / "G_8.onnx"), load_external_data=False).graph.node]
+    assert "AveragePool" in ops
+    assert (out / "weights.bin").read_bytes() == (exported.out / "weights.bin").read_bytes()  # nothing new
+    for bad, msg in (("16", "below the top one"), ("2", "below the top one"), ("8,x", "comma list")):
+        capsys.readouterr()
+        assert main(["export", str(tiny_run), "--out", str(tmp_path / "bad"), "--downscale", bad]) != 0
+        assert msg in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match="only resolutions exported below"):
+        export_model(tiny_run, tmp_path / "bad", resolutions=[4, 16], downscale=[8])
+
+
 def test_old_pixel_norm_graphs_are_rewritten_within_one_grey_level(
     exported, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
