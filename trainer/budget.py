@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from trainer.config import NetConfig, Phase, TrainConfig
 
@@ -61,9 +62,11 @@ def probe_throughput(
         gen=torch.Generator(device=ctx.device).manual_seed(987654321),
     )
     rates: dict[int, float] = {}
-    for p in phases:
-        if p.res in rates:
-            continue
+    first = {p.res: p for p in reversed(phases)}  # each resolution's first phase
+    todo = [first[r] for r in sorted(first)]
+    bar = tqdm(todo, desc="throughput probe", unit="res", disable=not ctx.d.main, leave=False)
+    for p in bar:
+        bar.set_postfix_str(f"{p.res}x{p.res}")
         alpha = 0.5 if p.kind == "fade" else 1.0
         opt_G, opt_D = (make_optimizer(m, p.lr, ctx.cfg, ctx.net.arch) for m in (probe.G, probe.D))
         batch = max(p.batch // ctx.d.world, 1)
