@@ -189,13 +189,15 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # gpu: one GPU and short leases (minutes, not days). Half the paper's channels (256 at 4..32 px, 128 at
     # 64, 64 at 128, 32 at 256) train ~4x faster per image and fit a resumable fp16 checkpoint of G, D and
     # G_ema in under 40 MB at 256; larger minibatches up to 64 px keep an H100 busy where the step is
-    # launch-bound. Meant for `--minutes`, which plans the kimg of every phase (trainer/budget.py).
+    # launch-bound, and 64 at 256 px trains 2.3x the images per second of 16 there on an H200 (its 2,711
+    # ops a step cost the host more than their bytes cost the card: docs/benchmarks.md). Meant for
+    # `--minutes`, which plans the kimg of every phase (trainer/budget.py).
     "gpu": (
         dict(z_dim=256, fmap_base=4096, fmap_max=256),
         dict(
             fade_kimg=100.0,
             stab_kimg=100.0,
-            batch_by_res={4: 64, 8: 64, 16: 64, 32: 64, 64: 64, 128: 32, 256: 16},
+            batch_by_res={4: 64, 8: 64, 16: 64, 32: 64, 64: 64, 128: 32, 256: 64},
             default_lr=1e-3,
             tick_kimg=20.0,
             ema_beta=0.995,  # half-life ~9k images at minibatch 64, near the official code's 10k
