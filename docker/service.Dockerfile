@@ -71,5 +71,5 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 USER faces
 EXPOSE 8000
 # start period: every session of every model is created and warmed up before /readyz says 200
-HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 CMD ["python", "/app/healthcheck.py"]
+HEALTHCHECK --interval=10s --timeout=5s --start-period=180s --retries=3 CMD ["python", "/app/healthcheck.py"]
 CMD ["python", "-m", "service"]
