@@ -41,10 +41,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
-from bench.train_throughput import ZOO_BATCH, step_gflop
+from bench.train_throughput import ZOO_BATCH, StepSpec, step_gflop, step_parts
 from trainer.config import NetConfig, TrainConfig, preset
-from trainer.loop import Dist, make_optimizer, networks_step_context, train_step
-from trainer.networks import build_networks
+from trainer.loop import StepContext, train_step
 
 
 @dataclass(frozen=True)
@@ -143,23 +142,27 @@ class StepCount:
         return self.flops / seconds / (card.bf16_tflops * 1e12)
 
 
+def step_as_on_cuda(s: StepSpec) -> tuple[StepContext, torch.Tensor, torch.optim.Optimizer, torch.optim.Optimizer]:
+    """`step_parts(s)` on a CPU `s.device`, made to run the ops it runs on CUDA: fused Adam (one kernel for
+    all parameters, as make_optimizer gives CUDA) and, with amp "bf16", the CPU's bf16 autocast."""
+    ctx, reals, opt_G, opt_D = step_parts(s)
+    for opt in (opt_G, opt_D):
+        for group in opt.param_groups:
+            group["fused"] = True
+    if s.amp == "bf16":
+        ctx = dataclasses.replace(ctx, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
+    return ctx, reals, opt_G, opt_D
+
+
 def count_step(net: NetConfig, cfg: TrainConfig, res: int, batch: int, alpha: float = 1.0) -> StepCount:
     """The ops of one `train_step` at `res` as it runs on CUDA with `cfg.amp` (counted on fake tensors; the
     optimizers' state is made by a first, uncounted step, as in training)."""
     if cfg.amp == "fp16":
         raise ValueError("count the bf16 or fp32 step; fp16's loss scaling needs a real GPU")
-    cfg = dataclasses.replace(cfg, compile=False)
-    cpu = torch.device("cpu")
     with FakeTensorMode(allow_non_fake_inputs=True):
-        G, D = build_networks(net)
-        opt_G, opt_D = make_optimizer(G, 1e-3, cfg, "progan"), make_optimizer(D, 1e-3, cfg, "progan")
-        for opt in (opt_G, opt_D):  # fused Adam, one kernel for all parameters, as make_optimizer gives CUDA
-            for group in opt.param_groups:
-                group["fused"] = True
-        ctx = networks_step_context(G, D, net, cfg, cpu, torch.Generator(), Dist())
-        if cfg.amp == "bf16":
-            ctx = dataclasses.replace(ctx, autocast=torch.autocast("cpu", dtype=torch.bfloat16))
-        reals = torch.randn(batch, 3, res, res)
+        ctx, reals, opt_G, opt_D = step_as_on_cuda(
+            StepSpec(net, cfg, res, batch, torch.device("cpu"), cfg.amp, False, alpha)
+        )
         train_step(ctx, reals, res, alpha, opt_G, opt_D)
         with StepCounter() as counter:
             train_step(ctx, reals, res, alpha, opt_G, opt_D)

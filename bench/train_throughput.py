@@ -32,7 +32,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from trainer.config import Amp, NetConfig, TrainConfig, preset
-from trainer.loop import Dist, make_optimizer, networks_step_context, train_step
+from trainer.loop import Dist, StepContext, make_optimizer, networks_step_context, train_step
 from trainer.networks import build_networks
 
 # the GAN zoo anchor's minibatch (../shared/anchors/anchor_pgan_bench.py: the official one-GPU table)
@@ -80,12 +80,14 @@ class StepSpec:
     alpha: float = 1.0
 
 
-def step_setup(s: StepSpec, compile: bool = False) -> tuple[Callable[[], None], Callable[[], None]]:
-    """Fresh networks and optimizers for `s.net`, and two callables: one full G+D step as `train` runs it
-    (bf16 autocast with amp "bf16" on CUDA, G and D compiled with `compile`), and a device sync."""
-    G, D = build_networks(s.net)
-    G.to(s.device)
-    D.to(s.device)
+def step_parts(
+    s: StepSpec, compile: bool = False
+) -> tuple[StepContext, torch.Tensor, torch.optim.Optimizer, torch.optim.Optimizer]:
+    """What `train_step` takes for `s`, as `train` sets it up: the step context (bf16 autocast with amp
+    "bf16" on CUDA, G and D compiled with `compile`) around fresh networks, a minibatch of reals and the
+    two optimizers."""
+    with s.device:  # built where they run (and, on fake tensors, never moved)
+        G, D = build_networks(s.net)
     if s.channels_last:
         G.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         D.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -96,6 +98,12 @@ def step_setup(s: StepSpec, compile: bool = False) -> tuple[Callable[[], None], 
     reals = torch.randn(s.batch, 3, s.res, s.res, device=s.device)
     if s.channels_last:
         reals = reals.contiguous(memory_format=torch.channels_last)
+    return ctx, reals, opt_G, opt_D
+
+
+def step_setup(s: StepSpec, compile: bool = False) -> tuple[Callable[[], None], Callable[[], None]]:
+    """Two callables: one full G+D step of `step_parts(s, compile)`, and a device sync."""
+    ctx, reals, opt_G, opt_D = step_parts(s, compile)
 
     def step() -> None:
         train_step(ctx, reals, s.res, s.alpha, opt_G, opt_D)

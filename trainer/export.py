@@ -627,15 +627,17 @@ def run_add_metrics(a: argparse.Namespace) -> int:
     return 0
 
 
+def comma_ints(text: str | None, flag: str) -> list[int] | None:
+    """A CLI comma list of integers ("64,128"), None when not given."""
+    try:
+        return [int(x) for x in text.split(",")] if text else None
+    except ValueError:
+        raise ValueError(f"{flag} must be a comma list of integers, got {text!r}") from None
+
+
 def run(a: argparse.Namespace) -> int:
-    try:
-        res = [int(x) for x in a.resolutions.split(",")] if a.resolutions else None
-    except ValueError:
-        raise ValueError(f"--resolutions must be a comma list of integers, got {a.resolutions!r}") from None
-    try:
-        down = [int(x) for x in a.downscale.split(",")] if a.downscale else None
-    except ValueError:
-        raise ValueError(f"--downscale must be a comma list of integers, got {a.downscale!r}") from None
+    res = comma_ints(a.resolutions, "--resolutions")
+    down = comma_ints(a.downscale, "--downscale")
     metrics = read_metrics_files(a.metrics)
     try:
         result = export_model(

@@ -84,29 +84,24 @@ def test_step_floor_counts_on_fake_tensors_what_the_real_step_does() -> None:
     import dataclasses
 
     from trainer.config import TrainConfig
-    from trainer.loop import Dist, make_optimizer, networks_step_context, train_step
+    from trainer.loop import train_step
 
     net_kw, train_kw = preset("tiny")
     net = NetConfig(max_res=16, fused_scale=True, **net_kw)
     cfg = dataclasses.replace(TrainConfig(**train_kw), amp="off")
     fake = step_floor.count_step(net, cfg, 16, 8, 0.5)
     torch.manual_seed(0)
-    G, D = build_networks(net)
-    opt_G, opt_D = make_optimizer(G, 1e-3, cfg, "progan"), make_optimizer(D, 1e-3, cfg, "progan")
-    for opt in (opt_G, opt_D):
-        for group in opt.param_groups:
-            group["fused"] = True
-    ctx = networks_step_context(G, D, net, cfg, torch.device("cpu"), torch.Generator().manual_seed(0), Dist())
-    reals = torch.rand(8, 3, 16, 16) * 2 - 1
+    spec = train_throughput.StepSpec(net, cfg, 16, 8, torch.device("cpu"), "off", False, 0.5)
+    ctx, reals, opt_G, opt_D = step_floor.step_as_on_cuda(spec)
     train_step(ctx, reals, 16, 0.5, opt_G, opt_D)
     with step_floor.StepCounter() as real:
         train_step(ctx, reals, 16, 0.5, opt_G, opt_D)
     assert fake.per_op == real.per_op and fake.flops > 0
     assert "aten._fused_adam_" in fake.ops and fake.ops["aten._fused_adam_"].calls == 2
     with torch.no_grad(), FlopCounterMode(display=False) as fc_g:
-        img = G(torch.randn(8, net.z_dim), 16, 0.5)
+        img = ctx.G(torch.randn(8, net.z_dim), 16, 0.5)
     with torch.no_grad(), FlopCounterMode(display=False) as fc_d:
-        D(img, 16, 0.5)
+        ctx.D(img, 16, 0.5)
     assert fake.flops > 4 * fc_g.get_total_flops() + 12 * fc_d.get_total_flops()
 
 
