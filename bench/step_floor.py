@@ -29,6 +29,7 @@ tensors at low resolutions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 from collections import defaultdict
@@ -41,7 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
-from bench.train_throughput import ZOO_BATCH, StepSpec, step_gflop, step_parts
+from bench.train_throughput import ZOO_BATCH, StepSpec, step_gflop, step_parts, textbook_pixel_norm
 from trainer.config import NetConfig, TrainConfig, preset
 from trainer.loop import StepContext, train_step
 
@@ -181,12 +182,18 @@ def main() -> None:
     ap.add_argument("--amp", choices=["bf16", "off"], default="bf16", help="the step's precision (default bf16)")
     ap.add_argument("--card", choices=sorted(CARDS), default="H200")
     ap.add_argument("--ops", type=int, default=0, help="also list the N ops that move the most bytes")
+    ap.add_argument(
+        "--textbook-pixelnorm",
+        action="store_true",
+        help="count the step with PixelNorm as first written (fp32 copy, square, mean, autograd's backward)",
+    )
     a = ap.parse_args()
     card = CARDS[a.card]
     print(
         f"card: {card.name} ({card.bf16_tflops:.0f} TFLOP/s dense bf16, {card.hbm_tbps} TB/s HBM, "
         f"{card.bf16_tflops / card.hbm_tbps:.0f} FLOP/B at the ridge); {OP_SECONDS * 1e6:.0f} us per eager op; "
         f"step in {a.amp}, fused layers, fused Adam"
+        + (", PixelNorm as first written" if a.textbook_pixelnorm else "")
     )
     head = (
         "| preset | res | batch | GFLOP/img counted | GFLOP/img 4G+13D | GB/img (all ops) | GB/img (conv, mm) "
@@ -201,7 +208,8 @@ def main() -> None:
         for res in (int(r) for r in a.res.split(",")):
             net = NetConfig(max_res=res, fused_scale=True, **net_kw)
             batch = a.batch or (ZOO_BATCH[res] if a.zoo_batch else cfg.batch(res))
-            c = count_step(net, cfg, res, batch, a.alpha)
+            with textbook_pixel_norm() if a.textbook_pixelnorm else contextlib.nullcontext():
+                c = count_step(net, cfg, res, batch, a.alpha)
             print(
                 f"| {pname} | {res} | {batch} | {c.flops / batch / 1e9:.4g} | {step_gflop(net, res, a.alpha):.4g} "
                 f"| {c.bytes / batch / 1e9:.4g} | {c.compute_bytes / batch / 1e9:.4g} | {c.flops / c.bytes:.0f} "

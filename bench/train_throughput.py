@@ -8,7 +8,10 @@ and on CUDA the share of the bf16 peak follow.
 
 `--compile` adds, in the same process, the fast configuration with G and D compiled as `train --compile`
 runs them (the penalty's double backward through the eager D) and the seconds its compilation took;
-`--batch 16,32,64` gives a row per minibatch (what a larger minibatch buys at a resolution); `--profile N`
+`--batch 16,32,64` gives a row per minibatch (what a larger minibatch buys at a resolution);
+`--cuda-graph` adds the fast step captured once as a CUDA graph and replayed (no host cost per op);
+`--textbook-pixelnorm` adds the fast step with PixelNorm as first written (fp32 copy, square, mean,
+autograd's backward) in place of the trainer's (one norm reduction, a hand-written backward); `--profile N`
 prints after each row the N kernels the fast step spends most time in and how busy the device was
 (bench/step_floor.py gives the ceilings the same step's FLOPs and bytes allow).
 
@@ -22,9 +25,10 @@ table, mid-fade), at the same network size and batch:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from trainer.config import Amp, NetConfig, TrainConfig, preset
 from trainer.loop import Dist, StepContext, make_optimizer, networks_step_context, train_step
-from trainer.networks import build_networks
+from trainer.networks import PixelNorm, build_networks
 
 # the GAN zoo anchor's minibatch (../shared/anchors/anchor_pgan_bench.py: the official one-GPU table)
 ZOO_BATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
@@ -63,6 +67,22 @@ def step_gflop(net: NetConfig, res: int, alpha: float) -> float:
 
 def bf16_peak(name: str) -> float | None:
     return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+
+
+@contextlib.contextmanager
+def textbook_pixel_norm() -> Iterator[None]:
+    """Inside: every PixelNorm computes as the trainer's first version did, the baseline its rewrite is
+    measured against (same function; an fp32 copy, its square and a mean, and autograd's backward)."""
+
+    def forward(self: PixelNorm, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.float().pow(2).mean(dim=1, keepdim=True) + self.eps).to(x.dtype)
+
+    mine = PixelNorm.forward
+    PixelNorm.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        PixelNorm.forward = mine  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -115,10 +135,46 @@ def step_setup(s: StepSpec, compile: bool = False) -> tuple[Callable[[], None], 
     return step, sync
 
 
-def step_rate(s: StepSpec, steps: int, compile: bool = False) -> tuple[float, float]:
+def graph_step_setup(s: StepSpec, warmup: int = 3) -> tuple[Callable[[], None], Callable[[], None]]:
+    """The same full G+D step captured once as a CUDA graph, and a device sync: each call replays it, so
+    the host issues one launch a step rather than its 2,000-2,800 eager ops (the H200 figures fit a fixed
+    ~61 ms a step at 256 px whatever the minibatch, 20-30 us an op: the step waits on the host).
+
+    What capture needs, per PyTorch's CUDA-graph notes: autocast's weight-cast cache off, Adam `capturable`
+    (its step count stays on the device), the step's own generator registered with the graph (its z, the
+    penalty's mix), warm-up steps on a side stream first (cuDNN's autotuning, the allocator), no host syncs
+    in the step (there are none: stats stay on the device), and the same input tensor on every replay (a
+    trainer would copy each minibatch into it). The fade's alpha is a constant of the graph."""
+    if s.device.type != "cuda":
+        raise ValueError("a CUDA graph needs a CUDA device")
+    ctx, reals, opt_G, opt_D = step_parts(s)
+    for opt in (opt_G, opt_D):
+        for group in opt.param_groups:
+            group["capturable"] = True
+    if s.amp == "bf16":
+        ctx = dataclasses.replace(ctx, autocast=torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            train_step(ctx, reals, s.res, s.alpha, opt_G, opt_D)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    graph.register_generator_state(ctx.gen)
+    with torch.cuda.graph(graph):
+        train_step(ctx, reals, s.res, s.alpha, opt_G, opt_D)
+    return graph.replay, torch.cuda.synchronize
+
+
+def step_rate(
+    s: StepSpec, steps: int, compile: bool = False, cuda_graph: bool = False
+) -> tuple[float, float]:
     """Images per second of `steps` full G+D steps, and the seconds of the two warm-up steps before them
-    (with `compile`, mostly compilation)."""
-    step, sync = step_setup(s, compile)
+    (with `compile`, mostly compilation; with `cuda_graph`, the step is replayed from its capture, which
+    the warm-up time includes)."""
+    t = time.perf_counter()
+    step, sync = graph_step_setup(s) if cuda_graph else step_setup(s, compile)
+    setup = time.perf_counter() - t
 
     def timed(n: int) -> float:
         t = time.perf_counter()
@@ -128,7 +184,7 @@ def step_rate(s: StepSpec, steps: int, compile: bool = False) -> tuple[float, fl
         return time.perf_counter() - t
 
     warm = timed(2)
-    return s.batch * steps / timed(steps), warm
+    return s.batch * steps / timed(steps), warm + (setup if cuda_graph else 0.0)
 
 
 def profile_step(s: StepSpec, rows: int = 15, steps: int = 3) -> str:
@@ -209,6 +265,16 @@ def main() -> None:
         "--compile", action="store_true", help="also time the fast configuration with G and D compiled"
     )
     ap.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="also time the fast step captured once as a CUDA graph and replayed (CUDA only)",
+    )
+    ap.add_argument(
+        "--textbook-pixelnorm",
+        action="store_true",
+        help="also time the fast step with PixelNorm as first written (the baseline of its rewrite)",
+    )
+    ap.add_argument(
         "--profile",
         type=int,
         default=0,
@@ -217,6 +283,8 @@ def main() -> None:
     )
     a = ap.parse_args()
     cuda = torch.cuda.is_available() and not a.cpu
+    if a.cuda_graph and not cuda:
+        ap.error("--cuda-graph needs a CUDA device (none here, or --cpu given)")
     device = torch.device("cuda" if cuda else "cpu")
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     if cuda:
@@ -229,6 +297,10 @@ def main() -> None:
     head = f"| preset | res | batch | img/s ({fast_name}) |"
     if a.compile:
         head += " img/s (the same, compiled) | compiled / not | compile s |"
+    if a.cuda_graph:
+        head += " img/s (the same, CUDA graph) | graph / eager | capture s |"
+    if a.textbook_pixelnorm:
+        head += " img/s (textbook PixelNorm) | PixelNorm rewrite speed-up |"
     if not a.no_baseline:
         head += f" img/s ({'fp32 NCHW' if cuda else 'fp32'}, unfused) | speed-up |"
     peak = bf16_peak(name) if cuda else None
@@ -251,6 +323,17 @@ def main() -> None:
                 if a.compile:
                     comp, warm = step_rate(spec, a.steps, compile=True)
                     row += f" {comp:.1f} | {comp / fast:.2f}x | {warm:.0f} |"
+                if a.cuda_graph:
+                    try:
+                        graphed, warm = step_rate(spec, a.steps, cuda_graph=True)
+                        row += f" {graphed:.1f} | {graphed / fast:.2f}x | {warm:.0f} |"
+                    except (RuntimeError, ValueError, AttributeError) as e:  # the row's other figures stand
+                        print(f"CUDA graph capture failed at {res} px, batch {batch}: {e}", flush=True)
+                        row += " failed | – | – |"
+                if a.textbook_pixelnorm:
+                    with textbook_pixel_norm():
+                        old, _ = step_rate(spec, a.steps)
+                    row += f" {old:.1f} | {fast / old:.2f}x |"
                 if not a.no_baseline:
                     base = strict_fp32_rate(dataclasses.replace(spec, net=plain), a.steps)
                     row += f" {base:.1f} | {fast / base:.2f}x |"

@@ -8,15 +8,19 @@
 #   3. the `gpu` preset at 256 px with larger minibatches (what the 2.7 % of the bf16 peak is waiting on);
 #   4. where the `gpu` preset's step spends its time at 128 and 256 px: the costliest kernels and how busy
 #      the device is (torch.profiler; bench/step_floor.py gives the ceilings on the CPU side);
-#   5. the same step compiled (`train --compile`) at 128 and 256 px, beside the uncompiled one.
+#   5. the same step compiled (`train --compile`) at 128 and 256 px, beside the uncompiled one;
+#   6. (part "graph") the same step captured as one CUDA graph and replayed, at the preset's minibatch and
+#      64: whether the host's 20-30 us an op is what holds the step back;
+#   7. (part "pixelnorm") the step with PixelNorm's hand-written backward against the textbook one.
 # What comes back under $OUT: bench.log (every table as printed), zoo.jsonl and summary.md (ours / zoo).
 #
 #   mkdir -p .gpu && cp -r ../shared/anchors .gpu/anchors     # on the CPU side: the zoo travels in .gpu/
 #   device call (carry .gpu/anchors): OUT=$OUT END_S=540 bash scripts/gpu_bench.sh
 #
 # RES (default "64 128 256") and STEPS (default 20) shrink it, e.g. for a smoke run on a CPU; PARTS (default
-# "zoo baseline minibatch profile compile") picks the parts, e.g. PARTS="profile compile" for what the
-# H200 call of 2026-11-27 left unmeasured.
+# "zoo baseline minibatch profile compile"; "graph" and "pixelnorm" only when named) picks the parts and
+# their order is fixed, e.g. PARTS="graph pixelnorm profile compile" RES="128 256" for what the H200 call of
+# 2026-11-27 left unmeasured and what was prepared after it.
 set -uo pipefail
 t0=$(date +%s)
 : "${OUT:?set OUT}"
@@ -65,6 +69,15 @@ done
 top=${RES##* }
 want minibatch && step "gpu preset $top: minibatch" 120 $PY "${bench[@]}" --presets gpu --res "$top" \
     --batch 16,32,64 --no-baseline
+for r in $RES; do
+    [ "$r" -ge 128 ] && want graph && [ "$device" = cuda ] || continue
+    step "gpu preset $r: CUDA graph" 120 $PY "${bench[@]}" --presets gpu --res "$r" --cuda-graph --no-baseline \
+        --batch "$($PY -c "from trainer.config import TrainConfig as T, preset as p; print(*sorted({T(**p('gpu')[1]).batch($r), 64}), sep=',')")"
+done
+for r in $RES; do
+    [ "$r" -ge 128 ] && want pixelnorm || continue
+    step "gpu preset $r: PixelNorm" 60 $PY "${bench[@]}" --presets gpu --res "$r" --textbook-pixelnorm --no-baseline
+done
 for r in $RES; do
     [ "$r" -ge 128 ] && want profile || continue
     step "gpu preset $r: profile" 60 $PY "${bench[@]}" --presets gpu --res "$r" --profile 20 --no-baseline

@@ -197,3 +197,48 @@ def test_serve_gpu_bench_builds_its_three_graph_forms_and_measures_them_on_a_cpu
         (g, o) for g in ("bench", "benchT") for o in ("defaults", "cudnn workspace capped",
                                                        "arena same-as-requested", "both")
     }  # fmt: skip
+
+
+def test_pixel_norm_rewrite_moves_fewer_bytes_than_the_textbook_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The counted step with the trainer's PixelNorm against the same step with PixelNorm as first written:
+    the same FLOPs in fewer bytes and ops; the baseline is put back afterwards. train_throughput times the
+    two side by side with --textbook-pixelnorm."""
+    from trainer.config import TrainConfig
+
+    net_kw, train_kw = preset("tiny")
+    net = NetConfig(max_res=16, fused_scale=True, **net_kw)
+    cfg = TrainConfig(**train_kw)
+    mine = step_floor.count_step(net, cfg, 16, 8, 1.0)
+    with train_throughput.textbook_pixel_norm():
+        textbook = step_floor.count_step(net, cfg, 16, 8, 1.0)
+    assert textbook.flops == mine.flops
+    # (the tiny network's activations are small beside its weights: the gpu preset saves 24-27 %)
+    assert mine.bytes < 0.95 * textbook.bytes and mine.n_ops < textbook.n_ops
+    assert step_floor.count_step(net, cfg, 16, 8, 1.0).bytes == mine.bytes  # restored
+    argv = ["train_throughput", "--presets", "tiny", "--res", "8", "--steps", "1", "--no-baseline"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--textbook-pixelnorm", "--cpu"])
+    train_throughput.main()
+    out = capsys.readouterr().out
+    assert "PixelNorm rewrite speed-up" in out
+    (row,) = table_rows(out, "tiny")
+    assert float(row[4]) > 0 and row[5].endswith("x")
+
+
+def test_cuda_graph_row_needs_cuda(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """--cuda-graph replays the step from one capture, which only CUDA can do: on a CPU a clear usage error
+    (exit 2) before anything is timed, and the capture helper refuses a CPU step."""
+    argv = ["train_throughput", "--presets", "tiny", "--res", "8", "--steps", "1", "--cuda-graph"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--cpu"])
+    with pytest.raises(SystemExit) as e:
+        train_throughput.main()
+    assert e.value.code == 2 and "--cuda-graph needs a CUDA device" in capsys.readouterr().err
+    net_kw, train_kw = preset("tiny")
+    from trainer.config import TrainConfig
+
+    spec = train_throughput.StepSpec(
+        NetConfig(max_res=8, **net_kw), TrainConfig(**train_kw), 8, 4, torch.device("cpu"), "off", False
+    )
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        train_throughput.graph_step_setup(spec)
