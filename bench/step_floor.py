@@ -42,7 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
-from bench.train_throughput import ZOO_BATCH, StepSpec, step_gflop, step_parts, textbook_pixel_norm
+from bench.train_throughput import ZOO_BATCH, StepSpec, first_forms, step_gflop, step_parts
 from trainer.config import NetConfig, TrainConfig, preset
 from trainer.loop import StepContext, train_step
 
@@ -183,9 +183,10 @@ def main() -> None:
     ap.add_argument("--card", choices=sorted(CARDS), default="H200")
     ap.add_argument("--ops", type=int, default=0, help="also list the N ops that move the most bytes")
     ap.add_argument(
-        "--textbook-pixelnorm",
+        "--first-forms",
         action="store_true",
-        help="count the step with PixelNorm as first written (fp32 copy, square, mean, autograd's backward)",
+        help="count the step with PixelNorm and the fused layers' kernels as first written (autograd's "
+        "backward of an fp32 copy, square and mean; pad, slices and adds)",
     )
     a = ap.parse_args()
     card = CARDS[a.card]
@@ -193,7 +194,7 @@ def main() -> None:
         f"card: {card.name} ({card.bf16_tflops:.0f} TFLOP/s dense bf16, {card.hbm_tbps} TB/s HBM, "
         f"{card.bf16_tflops / card.hbm_tbps:.0f} FLOP/B at the ridge); {OP_SECONDS * 1e6:.0f} us per eager op; "
         f"step in {a.amp}, fused layers, fused Adam"
-        + (", PixelNorm as first written" if a.textbook_pixelnorm else "")
+        + (", PixelNorm and the fused kernels as first written" if a.first_forms else "")
     )
     head = (
         "| preset | res | batch | GFLOP/img counted | GFLOP/img 4G+13D | GB/img (all ops) | GB/img (conv, mm) "
@@ -208,7 +209,7 @@ def main() -> None:
         for res in (int(r) for r in a.res.split(",")):
             net = NetConfig(max_res=res, fused_scale=True, **net_kw)
             batch = a.batch or (ZOO_BATCH[res] if a.zoo_batch else cfg.batch(res))
-            with textbook_pixel_norm() if a.textbook_pixelnorm else contextlib.nullcontext():
+            with first_forms() if a.first_forms else contextlib.nullcontext():
                 c = count_step(net, cfg, res, batch, a.alpha)
             print(
                 f"| {pname} | {res} | {batch} | {c.flops / batch / 1e9:.4g} | {step_gflop(net, res, a.alpha):.4g} "

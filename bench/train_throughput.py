@@ -10,8 +10,9 @@ and on CUDA the share of the bf16 peak follow.
 runs them (the penalty's double backward through the eager D) and the seconds its compilation took;
 `--batch 16,32,64` gives a row per minibatch (what a larger minibatch buys at a resolution);
 `--cuda-graph` adds the fast step captured once as a CUDA graph and replayed (no host cost per op);
-`--textbook-pixelnorm` adds the fast step with PixelNorm as first written (fp32 copy, square, mean,
-autograd's backward) in place of the trainer's (one norm reduction, a hand-written backward); `--profile N`
+`--first-forms` adds the fast step with PixelNorm and the fused layers' kernels as first written
+(autograd's backward of an fp32 copy, square and mean; pad, slices and adds) in place of the trainer's
+(a hand-written backward; one matmul): what those two rewrites buy; `--profile N`
 prints after each row the N kernels the fast step spends most time in and how busy the device was
 (bench/step_floor.py gives the ceilings the same step's FLOPs and bytes allow).
 
@@ -32,12 +33,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from trainer.config import Amp, NetConfig, TrainConfig, preset
 from trainer.loop import Dist, StepContext, make_optimizer, networks_step_context, train_step
-from trainer.networks import PixelNorm, build_networks
+from trainer.networks import EqualizedConv2d, PixelNorm, build_networks
 
 # the GAN zoo anchor's minibatch (../shared/anchors/anchor_pgan_bench.py: the official one-GPU table)
 ZOO_BATCH = {4: 128, 8: 128, 16: 128, 32: 64, 64: 32, 128: 16, 256: 8, 512: 4, 1024: 4}
@@ -70,19 +72,26 @@ def bf16_peak(name: str) -> float | None:
 
 
 @contextlib.contextmanager
-def textbook_pixel_norm() -> Iterator[None]:
-    """Inside: every PixelNorm computes as the trainer's first version did, the baseline its rewrite is
-    measured against (same function; an fp32 copy, its square and a mean, and autograd's backward)."""
+def first_forms() -> Iterator[None]:
+    """Inside: the two rewrites of the eager step undone, the baseline they are measured against (the same
+    functions): PixelNorm as an fp32 copy, its square, a mean and a multiply that autograd differentiates,
+    and the fused layers' 4x4 kernel as a pad, four shifted slices, three adds (and a flip)."""
 
-    def forward(self: PixelNorm, x: torch.Tensor) -> torch.Tensor:
+    def pixel_norm(self: PixelNorm, x: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.float().pow(2).mean(dim=1, keepdim=True) + self.eps).to(x.dtype)
 
-    mine = PixelNorm.forward
-    PixelNorm.forward = forward  # type: ignore[method-assign]
+    def kernel4(self: EqualizedConv2d, flip: bool, gain: float) -> torch.Tensor:
+        w = F.pad(self.weight * self.scale, (1, 1, 1, 1))
+        k = w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]
+        k = k.flip(2, 3) if flip else k
+        return k * gain if gain != 1.0 else k
+
+    mine = PixelNorm.forward, EqualizedConv2d._kernel4
+    PixelNorm.forward, EqualizedConv2d._kernel4 = pixel_norm, kernel4  # type: ignore[method-assign]
     try:
         yield
     finally:
-        PixelNorm.forward = mine  # type: ignore[method-assign]
+        PixelNorm.forward, EqualizedConv2d._kernel4 = mine  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -270,9 +279,9 @@ def main() -> None:
         help="also time the fast step captured once as a CUDA graph and replayed (CUDA only)",
     )
     ap.add_argument(
-        "--textbook-pixelnorm",
+        "--first-forms",
         action="store_true",
-        help="also time the fast step with PixelNorm as first written (the baseline of its rewrite)",
+        help="also time the fast step with PixelNorm and the fused layers' kernels as first written",
     )
     ap.add_argument(
         "--profile",
@@ -299,8 +308,8 @@ def main() -> None:
         head += " img/s (the same, compiled) | compiled / not | compile s |"
     if a.cuda_graph:
         head += " img/s (the same, CUDA graph) | graph / eager | capture s |"
-    if a.textbook_pixelnorm:
-        head += " img/s (textbook PixelNorm) | PixelNorm rewrite speed-up |"
+    if a.first_forms:
+        head += " img/s (first forms) | rewrites' speed-up |"
     if not a.no_baseline:
         head += f" img/s ({'fp32 NCHW' if cuda else 'fp32'}, unfused) | speed-up |"
     peak = bf16_peak(name) if cuda else None
@@ -330,8 +339,8 @@ def main() -> None:
                     except (RuntimeError, ValueError, AttributeError) as e:  # the row's other figures stand
                         print(f"CUDA graph capture failed at {res} px, batch {batch}: {e}", flush=True)
                         row += " failed | – | – |"
-                if a.textbook_pixelnorm:
-                    with textbook_pixel_norm():
+                if a.first_forms:
+                    with first_forms():
                         old, _ = step_rate(spec, a.steps)
                     row += f" {old:.1f} | {fast / old:.2f}x |"
                 if not a.no_baseline:

@@ -11,15 +11,15 @@
 #   5. the same step compiled (`train --compile`) at 128 and 256 px, beside the uncompiled one;
 #   6. (part "graph") the same step captured as one CUDA graph and replayed, at the preset's minibatch and
 #      64: whether the host's 20-30 us an op is what holds the step back;
-#   7. (part "pixelnorm") the step with PixelNorm's hand-written backward against the textbook one.
+#   7. (part "forms") the step against the same with PixelNorm's and the fused layers' first forms.
 # What comes back under $OUT: bench.log (every table as printed), zoo.jsonl and summary.md (ours / zoo).
 #
 #   mkdir -p .gpu && cp -r ../shared/anchors .gpu/anchors     # on the CPU side: the zoo travels in .gpu/
 #   device call (carry .gpu/anchors): OUT=$OUT END_S=540 bash scripts/gpu_bench.sh
 #
 # RES (default "64 128 256") and STEPS (default 20) shrink it, e.g. for a smoke run on a CPU; PARTS (default
-# "zoo baseline minibatch profile compile"; "graph" and "pixelnorm" only when named) picks the parts and
-# their order is fixed, e.g. PARTS="graph pixelnorm profile compile" RES="128 256" for what the H200 call of
+# "zoo baseline minibatch profile compile"; "graph" and "forms" only when named) picks the parts and
+# their order is fixed, e.g. PARTS="graph forms profile compile" RES="128 256" for what the H200 call of
 # 2026-11-27 left unmeasured and what was prepared after it.
 set -uo pipefail
 t0=$(date +%s)
@@ -75,8 +75,8 @@ for r in $RES; do
         --batch "$($PY -c "from trainer.config import TrainConfig as T, preset as p; print(*sorted({T(**p('gpu')[1]).batch($r), 64}), sep=',')")"
 done
 for r in $RES; do
-    [ "$r" -ge 128 ] && want pixelnorm || continue
-    step "gpu preset $r: PixelNorm" 60 $PY "${bench[@]}" --presets gpu --res "$r" --textbook-pixelnorm --no-baseline
+    [ "$r" -ge 128 ] && want forms || continue
+    step "gpu preset $r: first forms" 60 $PY "${bench[@]}" --presets gpu --res "$r" --first-forms --no-baseline
 done
 for r in $RES; do
     [ "$r" -ge 128 ] && want profile || continue

@@ -31,32 +31,60 @@ class EqualizedLinear(nn.Module):
 class EqualizedConv2d(nn.Module):
     """Conv with equalized learning rate; same padding."""
 
+    taps: Tensor  # buffers of a 3x3 conv (up2 / down2)
+    taps_flipped: Tensor
+
     def __init__(self, in_ch: int, out_ch: int, kernel: int, gain: float = math.sqrt(2)) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
         self.bias = nn.Parameter(torch.zeros(out_ch))
         self.scale = gain / math.sqrt(in_ch * kernel * kernel)
         self.padding = kernel // 2
+        if kernel == 3:  # for up2 / down2; not in the state dict (constants, not weights)
+            self.register_buffer("taps", kernel4_taps(False), persistent=False)
+            self.register_buffer("taps_flipped", kernel4_taps(True), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight * self.scale, self.bias, padding=self.padding)
 
-    def _kernel4(self) -> Tensor:
-        """The 3x3 kernel summed over its four 1-pixel shifts: a 4x4 kernel that, at stride 2, does what
-        nearest up-sampling then the 3x3 conv (transposed), or the 3x3 conv then 2x2 pooling, do."""
-        w = F.pad(self.weight * self.scale, (1, 1, 1, 1))
-        return w[:, :, 1:, 1:] + w[:, :, :-1, 1:] + w[:, :, 1:, :-1] + w[:, :, :-1, :-1]
+    def _kernel4(self, flip: bool, gain: float) -> Tensor:
+        """The 3x3 kernel summed over its four 1-pixel shifts, times `gain`: a 4x4 kernel that, at stride 2,
+        does what nearest up-sampling then the 3x3 conv (transposed), or the 3x3 conv then 2x2 pooling, do;
+        with `flip`, rotated by 180 degrees (what the transposed conv takes).
+
+        One matmul by a constant 9x16 map of taps to positions (the flip is a permutation of its columns)
+        rather than a pad, four shifted slices, three adds and a flip: 2 kernels rather than ~10 a forward
+        and ~7 a backward, for each of the fused layers in every pass of a training step (the H200 step's
+        time fits a fixed cost per step, docs/benchmarks.md). In fp32 whatever autocast says, as the adds
+        were: the kernel is rounded to bf16 once, by the convolution."""
+        taps = self.taps_flipped if flip else self.taps
+        w = self.weight.reshape(-1, 9)
+        dev = w.device.type
+        if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
+            with torch.autocast(dev, enabled=False):
+                k = torch.mm(w, taps)
+        else:
+            k = torch.mm(w, taps)
+        return (k * (self.scale * gain)).reshape(self.weight.shape[0], self.weight.shape[1], 4, 4)
 
     def up2(self, x: Tensor) -> Tensor:
         """conv(upsample2x(x)) as one stride-2 transposed conv: 16 rather than 4 x 9 multiply-adds per input
         pixel and channel pair, and no up-sampled copy of x."""
-        return F.conv_transpose2d(
-            x, self._kernel4().flip(2, 3).transpose(0, 1), self.bias, stride=2, padding=1
-        )
+        return F.conv_transpose2d(x, self._kernel4(True, 1.0).transpose(0, 1), self.bias, stride=2, padding=1)
 
     def down2(self, x: Tensor) -> Tensor:
         """downsample2x(conv(x)) as one stride-2 conv (a quarter of the output computed, then not pooled)."""
-        return F.conv2d(x, self._kernel4() * 0.25, self.bias, stride=2, padding=1)
+        return F.conv2d(x, self._kernel4(False, 0.25), self.bias, stride=2, padding=1)
+
+
+def kernel4_taps(flip: bool) -> Tensor:
+    """[9, 16] 0/1: tap (i, j) of a 3x3 kernel lands on positions (i + a, j + b), a, b in {0, 1}, of the 4x4
+    kernel (position (p, q) -> (3 - p, 3 - q) with `flip`)."""
+    taps = torch.zeros(9, 4, 4)
+    for i in range(3):
+        for j in range(3):
+            taps[3 * i + j, i : i + 2, j : j + 2] = 1.0
+    return (taps.flip(1, 2) if flip else taps).reshape(9, 16)
 
 
 def fading(alpha: float | Tensor) -> bool:
@@ -112,8 +140,8 @@ class PixelNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         # The result in the activation's own dtype (CUDA autocast would otherwise hand the next layers fp32
         # activations: a cast and twice the bytes). With the hand-written backward the gpu preset's step
-        # moves 13-15 % fewer bytes at 128-256 px than with autograd's (bench/step_floor.py
-        # --textbook-pixelnorm counts both); no grad, the same forward without saving anything.
+        # moves 13-15 % fewer bytes at 128-256 px than with autograd's (bench/step_floor.py --first-forms
+        # counts the step as first written); no grad, the same forward without saving anything.
         if torch.is_grad_enabled() and x.requires_grad:
             return _PixelNormFn.apply(x, self.eps)
         return x * pixel_scale(x, self.eps).to(x.dtype)
