@@ -185,8 +185,8 @@ def main() -> None:
     ap.add_argument(
         "--first-forms",
         action="store_true",
-        help="count the step with PixelNorm and the fused layers' kernels as first written (autograd's "
-        "backward of an fp32 copy, square and mean; pad, slices and adds)",
+        help="count the step as first written: PixelNorm's autograd backward, the fused layers' kernels "
+        "from pad, slices and adds, D's reals and fakes in two passes",
     )
     a = ap.parse_args()
     card = CARDS[a.card]
@@ -194,7 +194,7 @@ def main() -> None:
         f"card: {card.name} ({card.bf16_tflops:.0f} TFLOP/s dense bf16, {card.hbm_tbps} TB/s HBM, "
         f"{card.bf16_tflops / card.hbm_tbps:.0f} FLOP/B at the ridge); {OP_SECONDS * 1e6:.0f} us per eager op; "
         f"step in {a.amp}, fused layers, fused Adam"
-        + (", PixelNorm and the fused kernels as first written" if a.first_forms else "")
+        + (", as first written (PixelNorm, the fused kernels, D's two passes)" if a.first_forms else "")
     )
     head = (
         "| preset | res | batch | GFLOP/img counted | GFLOP/img 4G+13D | GB/img (all ops) | GB/img (conv, mm) "

@@ -10,9 +10,10 @@ and on CUDA the share of the bf16 peak follow.
 runs them (the penalty's double backward through the eager D) and the seconds its compilation took;
 `--batch 16,32,64` gives a row per minibatch (what a larger minibatch buys at a resolution);
 `--cuda-graph` adds the fast step captured once as a CUDA graph and replayed (no host cost per op);
-`--first-forms` adds the fast step with PixelNorm and the fused layers' kernels as first written
-(autograd's backward of an fp32 copy, square and mean; pad, slices and adds) in place of the trainer's
-(a hand-written backward; one matmul): what those two rewrites buy; `--profile N`
+`--first-forms` adds the fast step as first written: PixelNorm's autograd backward (of an fp32 copy,
+square and mean), the fused layers' kernels from pad, slices and adds, D's reals and fakes in two passes,
+in place of the trainer's hand-written backward, one matmul and one pass: what those rewrites buy;
+`--profile N`
 prints after each row the N kernels the fast step spends most time in and how busy the device was
 (bench/step_floor.py gives the ceilings the same step's FLOPs and bytes allow).
 
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from trainer import loop
 from trainer.config import Amp, NetConfig, TrainConfig, preset
 from trainer.loop import Dist, StepContext, make_optimizer, networks_step_context, train_step
 from trainer.networks import EqualizedConv2d, PixelNorm, build_networks
@@ -73,9 +75,10 @@ def bf16_peak(name: str) -> float | None:
 
 @contextlib.contextmanager
 def first_forms() -> Iterator[None]:
-    """Inside: the two rewrites of the eager step undone, the baseline they are measured against (the same
-    functions): PixelNorm as an fp32 copy, its square, a mean and a multiply that autograd differentiates,
-    and the fused layers' 4x4 kernel as a pad, four shifted slices, three adds (and a flip)."""
+    """Inside: the three rewrites of the eager step undone, the baseline they are measured against (the
+    same functions): PixelNorm as an fp32 copy, its square, a mean and a multiply that autograd
+    differentiates; the fused layers' 4x4 kernel as a pad, four shifted slices, three adds (and a flip);
+    D's scores of the reals and the fakes in two passes."""
 
     def pixel_norm(self: PixelNorm, x: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.float().pow(2).mean(dim=1, keepdim=True) + self.eps).to(x.dtype)
@@ -86,12 +89,18 @@ def first_forms() -> Iterator[None]:
         k = k.flip(2, 3) if flip else k
         return k * gain if gain != 1.0 else k
 
-    mine = PixelNorm.forward, EqualizedConv2d._kernel4
+    def critic_scores(
+        c: StepContext, reals: torch.Tensor, fake: torch.Tensor, res: int, alpha: float | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return c.D(reals, res, alpha), c.D(fake, res, alpha)
+
+    mine = PixelNorm.forward, EqualizedConv2d._kernel4, loop.critic_scores
     PixelNorm.forward, EqualizedConv2d._kernel4 = pixel_norm, kernel4  # type: ignore[method-assign]
+    loop.critic_scores = critic_scores
     try:
         yield
     finally:
-        PixelNorm.forward, EqualizedConv2d._kernel4 = mine  # type: ignore[method-assign]
+        PixelNorm.forward, EqualizedConv2d._kernel4, loop.critic_scores = mine  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -281,7 +290,7 @@ def main() -> None:
     ap.add_argument(
         "--first-forms",
         action="store_true",
-        help="also time the fast step with PixelNorm and the fused layers' kernels as first written",
+        help="also time the fast step as first written (PixelNorm, the fused kernels, D's two passes)",
     )
     ap.add_argument(
         "--profile",

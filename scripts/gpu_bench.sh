@@ -11,7 +11,7 @@
 #   5. the same step compiled (`train --compile`) at 128 and 256 px, beside the uncompiled one;
 #   6. (part "graph") the same step captured as one CUDA graph and replayed, at the preset's minibatch and
 #      64: whether the host's 20-30 us an op is what holds the step back;
-#   7. (part "forms") the step against the same with PixelNorm's and the fused layers' first forms.
+#   7. (part "forms") the step against the same as first written (PixelNorm, fused kernels, D's two passes).
 # What comes back under $OUT: bench.log (every table as printed), zoo.jsonl and summary.md (ours / zoo).
 #
 #   mkdir -p .gpu && cp -r ../shared/anchors .gpu/anchors     # on the CPU side: the zoo travels in .gpu/

@@ -228,6 +228,28 @@ def penalty_autocast(c: StepContext) -> Any:
     return c.autocast if c.cfg.amp == "bf16" else nullcontext()
 
 
+def critic_scores(
+    c: StepContext, reals: Tensor, fake: Tensor, res: int, alpha: float | Tensor
+) -> tuple[Tensor, Tensor]:
+    """D's scores of the reals and of the fakes, in one pass over both where that is the same function as
+    two: ProGAN's D treats every sample alone but in its minibatch-stddev layer, which pools over groups
+    (sample i of n in group i % (n / g)), so the two batches are interleaved to give each the groups it
+    would have alone. One pass issues half the ops of two (the step's time is mostly a cost per op on a
+    GPU, docs/benchmarks.md) and runs each conv on twice the batch."""
+    n = reals.shape[0]
+    g = c.net.mbstd_group
+    if c.net.arch != "progan" or n < g or n % g != 0 or fake.shape[0] != n:  # groups would differ: two
+        return c.D(reals, res, alpha), c.D(fake, res, alpha)
+    m = n // g
+    # [g][real | fake][m]: group j < m holds the reals' group j, group m + j the fakes'
+    pair = [t.reshape(g, m, *t.shape[1:]).to(reals.dtype) for t in (reals, fake)]
+    both = torch.stack(pair, 1).reshape(2 * n, *reals.shape[1:])
+    if reals.is_contiguous(memory_format=torch.channels_last) and not reals.is_contiguous():
+        both = both.contiguous(memory_format=torch.channels_last)
+    scores = c.D(both, res, alpha).reshape(g, 2, m, -1)
+    return scores[:, 0].reshape(n, -1), scores[:, 1].reshape(n, -1)
+
+
 def d_step(
     c: StepContext, reals: Tensor, res: int, alpha: float, opt: torch.optim.Optimizer
 ) -> dict[str, Tensor]:
@@ -237,8 +259,7 @@ def d_step(
     a = c.net_alpha(alpha)
     with c.autocast:
         fake = c.G(z, res, a).detach()
-        real_score = c.D(reals, res, a)
-        fake_score = c.D(fake, res, a)
+        real_score, fake_score = critic_scores(c, reals, fake, res, a)
     stats: dict[str, Tensor] = {}
     if c.cfg.loss == "wgan-gp" and c.net.arch == "progan":
         eps = torch.rand(n, generator=c.gen, device=c.device)

@@ -301,3 +301,42 @@ def test_fused_scale_trains_and_exports(faces_dir: Path, cache_dir: Path, tmp_pa
     with torch.no_grad():
         want = torch.round((lg.G(z, 8, 1.0) + 1) * 127.5).clamp(0, 255).permute(0, 2, 3, 1).numpy()
     assert np.abs(got - want.astype(np.int16)).max() <= 2  # fp16-stored weights: a grey level or two
+
+
+@pytest.mark.parametrize("n", [8, 16, 6, 2])
+def test_one_critic_pass_scores_as_two(n: int) -> None:
+    """critic_scores runs D once over reals and fakes interleaved so that every minibatch-stddev group
+    holds what it would in a pass of its own (n = 8, 16), and falls back to two passes where the groups
+    would differ (6: not a multiple of the group size; 2: below it): the same scores and gradients as
+    two separate passes, mid-fade and in channels-last."""
+    from trainer.config import NetConfig, TrainConfig, preset
+    from trainer.loop import Dist, critic_scores, networks_step_context
+    from trainer.networks import build_networks
+
+    net_kw, train_kw = preset("tiny")
+    net = NetConfig(max_res=16, fused_scale=True, **net_kw)
+    torch.manual_seed(0)
+    G, D = build_networks(net)
+    D = D.double().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    c = networks_step_context(
+        G, D, net, TrainConfig(**train_kw), torch.device("cpu"), torch.Generator(), Dist()
+    )
+    g = torch.Generator().manual_seed(n)
+    reals, fake = (
+        torch.randn(n, 3, 16, 16, dtype=torch.float64, generator=g).contiguous(memory_format=torch.channels_last)
+        for _ in range(2)
+    )
+    real_score, fake_score = critic_scores(c, reals, fake, 16, 0.5)
+    loss = (fake_score - real_score).sum()
+    grads = torch.autograd.grad(loss, list(D.parameters()), allow_unused=True)
+    want_real, want_fake = D(reals, 16, 0.5), D(fake, 16, 0.5)
+    want = torch.autograd.grad((want_fake - want_real).sum(), list(D.parameters()), allow_unused=True)
+    assert real_score.shape == want_real.shape == (n, 1)
+    assert torch.allclose(real_score, want_real, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(fake_score, want_fake, rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads, want, strict=True):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-9, atol=1e-12))
+    # and the groups matter: the same samples scored in one plain pass of 2n are not these scores
+    if n % net.mbstd_group == 0:
+        plain = D(torch.cat([reals, fake]), 16, 0.5)
+        assert not torch.allclose(plain[:n], want_real)
