@@ -155,8 +155,9 @@ def step_setup(s: StepSpec, compile: bool = False) -> tuple[Callable[[], None], 
 
 def graph_step_setup(s: StepSpec, warmup: int = 3) -> tuple[Callable[[], None], Callable[[], None]]:
     """The same full G+D step captured once as a CUDA graph, and a device sync: each call replays it, so
-    the host issues one launch a step rather than its 2,000-2,800 eager ops (the H200 figures fit a fixed
-    ~61 ms a step at 256 px whatever the minibatch, 20-30 us an op: the step waits on the host).
+    the host issues one launch a step rather than its 1,600-2,800 eager ops (the H200 figures fit a fixed
+    ~61 ms a step at 256 px whatever the minibatch, which a host issuing ops at 20-30 us each would explain:
+    this row tells whether it does).
 
     What capture needs, per PyTorch's CUDA-graph notes: autocast's weight-cast cache off, Adam `capturable`
     (its step count stays on the device), the step's own generator registered with the graph (its z, the
@@ -170,7 +171,9 @@ def graph_step_setup(s: StepSpec, warmup: int = 3) -> tuple[Callable[[], None], 
         for group in opt.param_groups:
             group["capturable"] = True
     if s.amp == "bf16":
-        ctx = dataclasses.replace(ctx, autocast=torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False))
+        ctx = dataclasses.replace(
+            ctx, autocast=torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+        )
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):

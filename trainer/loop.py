@@ -234,11 +234,11 @@ def critic_scores(
     """D's scores of the reals and of the fakes, in one pass over both where that is the same function as
     two: ProGAN's D treats every sample alone but in its minibatch-stddev layer, which pools over groups
     (sample i of n in group i % (n / g)), so the two batches are interleaved to give each the groups it
-    would have alone. One pass issues half the ops of two (the step's time is mostly a cost per op on a
-    GPU, docs/benchmarks.md) and runs each conv on twice the batch."""
+    would have alone. One pass issues half the ops of two (the H200 step's time fits a fixed cost per step,
+    docs/benchmarks.md) and runs each conv on twice the batch."""
     n = reals.shape[0]
     g = c.net.mbstd_group
-    if c.net.arch != "progan" or n < g or n % g != 0 or fake.shape[0] != n:  # groups would differ: two
+    if c.net.arch != "progan" or n < g or n % g != 0:  # the groups would differ: two passes
         return c.D(reals, res, alpha), c.D(fake, res, alpha)
     m = n // g
     # [g][real | fake][m]: group j < m holds the reals' group j, group m + j the fakes'

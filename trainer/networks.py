@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -60,10 +61,8 @@ class EqualizedConv2d(nn.Module):
         taps = self.taps_flipped if flip else self.taps
         w = self.weight.reshape(-1, 9)
         dev = w.device.type
-        if dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev):
-            with torch.autocast(dev, enabled=False):
-                k = torch.mm(w, taps)
-        else:
+        autocast_on = dev in ("cuda", "cpu") and torch.is_autocast_enabled(dev)
+        with torch.autocast(dev, enabled=False) if autocast_on else contextlib.nullcontext():
             k = torch.mm(w, taps)
         return (k * (self.scale * gain)).reshape(self.weight.shape[0], self.weight.shape[1], 4, 4)
 

@@ -105,7 +105,9 @@ def test_step_floor_counts_on_fake_tensors_what_the_real_step_does() -> None:
     assert fake.flops > 4 * fc_g.get_total_flops() + 12 * fc_d.get_total_flops()
 
 
-def test_step_floor_table_and_ceilings(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_step_floor_table_and_ceilings(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(sys, "argv", ["step_floor", "--presets", "tiny", "--res", "8,16", "--batch", "8"])
     step_floor.main()
     rows = table_rows(capsys.readouterr().out, "tiny")
@@ -247,7 +249,9 @@ def test_first_forms_are_the_same_functions() -> None:
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_cuda_graph_row_needs_cuda(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cuda_graph_row_needs_cuda(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """--cuda-graph replays the step from one capture, which only CUDA can do: on a CPU a clear usage error
     (exit 2) before anything is timed, and the capture helper refuses a CPU step."""
     argv = ["train_throughput", "--presets", "tiny", "--res", "8", "--steps", "1", "--cuda-graph"]

@@ -323,7 +323,9 @@ def test_one_critic_pass_scores_as_two(n: int) -> None:
     )
     g = torch.Generator().manual_seed(n)
     reals, fake = (
-        torch.randn(n, 3, 16, 16, dtype=torch.float64, generator=g).contiguous(memory_format=torch.channels_last)
+        torch.randn(n, 3, 16, 16, dtype=torch.float64, generator=g).contiguous(
+            memory_format=torch.channels_last
+        )
         for _ in range(2)
     )
     real_score, fake_score = critic_scores(c, reals, fake, 16, 0.5)
