@@ -73,6 +73,12 @@ def bf16_peak(name: str) -> float | None:
     return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
 
 
+def first_pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """PixelNorm as the trainer first computed it: an fp32 copy, its square, a channel mean and a multiply,
+    for autograd to differentiate (the baseline of its hand-written backward; tests compare against it)."""
+    return x * torch.rsqrt(x.float().pow(2).mean(dim=1, keepdim=True) + eps).to(x.dtype)
+
+
 @contextlib.contextmanager
 def first_forms() -> Iterator[None]:
     """Inside: the three rewrites of the eager step undone, the baseline they are measured against (the
@@ -81,7 +87,7 @@ def first_forms() -> Iterator[None]:
     D's scores of the reals and the fakes in two passes."""
 
     def pixel_norm(self: PixelNorm, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.float().pow(2).mean(dim=1, keepdim=True) + self.eps).to(x.dtype)
+        return first_pixel_norm(x, self.eps)
 
     def kernel4(self: EqualizedConv2d, flip: bool, gain: float) -> torch.Tensor:
         w = F.pad(self.weight * self.scale, (1, 1, 1, 1))

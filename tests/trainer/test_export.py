@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from bench.train_throughput import first_pixel_norm
 from contract import Manifest, read_manifest
 from tests.conftest import REPO
 from trainer.cli import main
@@ -178,11 +179,7 @@ def test_old_pixel_norm_graphs_are_rewritten_within_one_grey_level(
     spec.loader.exec_module(migrate)
 
     monkeypatch.setattr(export, "onnx_friendly", lambda module, **_: module)  # export as before the change,
-    monkeypatch.setattr(  # from the PixelNorm of that time: fp32 copy, square, mean
-        PixelNorm,
-        "forward",
-        lambda self, x: x * torch.rsqrt(x.float().pow(2).mean(dim=1, keepdim=True) + self.eps).to(x.dtype),
-    )
+    monkeypatch.setattr(PixelNorm, "forward", lambda self, x: first_pixel_norm(x, self.eps))  # of that time
     old = export.export_onnx(exported.modules[16], exported.manifest.z_dim)
     assert "ReduceMean" in [n.op_type for n in old.graph.node]
     new = onnx.ModelProto.FromString(old.SerializeToString())
