@@ -9,7 +9,7 @@ and on CUDA the share of the bf16 peak follow.
 `--compile` adds, in the same process, the fast configuration with G and D compiled as `train --compile`
 runs them (the penalty's double backward through the eager D) and the seconds its compilation took;
 `--batch 16,32,64` gives a row per minibatch (what a larger minibatch buys at a resolution);
-`--cuda-graph` adds the fast step captured once as a CUDA graph and replayed (no host cost per op);
+`--cuda-graph` adds the step `train --cuda-graph` replays from one capture (no host cost per op);
 `--first-forms` adds the fast step as first written: PixelNorm's autograd backward (of an fp32 copy,
 square and mean), the fused layers' kernels from pad, slices and adds, D's reals and fakes in two passes,
 in place of the trainer's hand-written backward, one matmul and one pass: what those rewrites buy;
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -40,7 +41,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from trainer import loop
 from trainer.config import Amp, NetConfig, TrainConfig, preset
-from trainer.loop import Dist, StepContext, make_optimizer, networks_step_context, train_step
+from trainer.graphstep import GraphedStep
+from trainer.loop import Dist, LoopStep, StepContext, make_optimizer, networks_step_context, train_step
 from trainer.networks import EqualizedConv2d, PixelNorm, build_networks
 
 # the GAN zoo anchor's minibatch (../shared/anchors/anchor_pgan_bench.py: the official one-GPU table)
@@ -159,49 +161,37 @@ def step_setup(s: StepSpec, compile: bool = False) -> tuple[Callable[[], None], 
     return step, sync
 
 
-def graph_step_setup(s: StepSpec, warmup: int = 3) -> tuple[Callable[[], None], Callable[[], None]]:
-    """The same full G+D step captured once as a CUDA graph, and a device sync: each call replays it, so
-    the host issues one launch a step rather than its 1,600-2,800 eager ops (the H200 figures fit a fixed
-    ~61 ms a step at 256 px whatever the minibatch, which a host issuing ops at 20-30 us each would explain:
-    this row tells whether it does).
-
-    What capture needs, per PyTorch's CUDA-graph notes: autocast's weight-cast cache off, Adam `capturable`
-    (its step count stays on the device), the step's own generator registered with the graph (its z, the
-    penalty's mix), warm-up steps on a side stream first (cuDNN's autotuning, the allocator), no host syncs
-    in the step (there are none: stats stay on the device), and the same input tensor on every replay (a
-    trainer would copy each minibatch into it). The fade's alpha is a constant of the graph."""
+def graph_step_setup(
+    s: StepSpec, warmup: int = 3
+) -> tuple[Callable[[], None], Callable[[], None], GraphedStep]:
+    """The step `train --cuda-graph` replays (trainer/graphstep.py) for `s`: the same G+D step with its reals
+    drawn from a device copy of 512 random images and the EMA after it (a few ops more than the eager row's
+    step), captured after `warmup` eager steps, its first replay checked against the eager step. A step
+    callable, a device sync, and the GraphedStep (`fallback` says why it went eager, if it did)."""
     if s.device.type != "cuda":
         raise ValueError("a CUDA graph needs a CUDA device")
-    ctx, reals, opt_G, opt_D = step_parts(s)
-    for opt in (opt_G, opt_D):
-        for group in opt.param_groups:
-            group["capturable"] = True
-    if s.amp == "bf16":
-        ctx = dataclasses.replace(
-            ctx, autocast=torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-        )
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            train_step(ctx, reals, s.res, s.alpha, opt_G, opt_D)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    graph.register_generator_state(ctx.gen)
-    with torch.cuda.graph(graph):
-        train_step(ctx, reals, s.res, s.alpha, opt_G, opt_D)
-    return graph.replay, torch.cuda.synchronize
+    ctx, _, opt_G, opt_D = step_parts(s)
+    images = torch.randint(
+        0, 256, (512, s.res, s.res, 3), dtype=torch.uint8, device=s.device, generator=ctx.gen
+    )
+    G_ema = copy.deepcopy(ctx.G).requires_grad_(False)
+    step = LoopStep(
+        ctx, ctx.G, G_ema, images, s.res, s.batch, opt_G, opt_D, s.cfg.ema_beta, True, s.channels_last
+    )
+    graphed = GraphedStep(step, fade=s.alpha < 1.0, warmup=warmup)
+    for _ in range(warmup + 1):  # the eager warm-up, then the capture, its check and first replay
+        graphed(s.alpha)
+
+    def replay() -> None:
+        graphed(s.alpha)
+
+    return replay, torch.cuda.synchronize, graphed
 
 
-def step_rate(
-    s: StepSpec, steps: int, compile: bool = False, cuda_graph: bool = False
+def timed_rate(
+    step: Callable[[], None], sync: Callable[[], None], batch: int, steps: int
 ) -> tuple[float, float]:
-    """Images per second of `steps` full G+D steps, and the seconds of the two warm-up steps before them
-    (with `compile`, mostly compilation; with `cuda_graph`, the step is replayed from its capture, which
-    the warm-up time includes)."""
-    t = time.perf_counter()
-    step, sync = graph_step_setup(s) if cuda_graph else step_setup(s, compile)
-    setup = time.perf_counter() - t
+    """Images per second of `steps` calls of `step`, and the seconds of the two untimed calls before them."""
 
     def timed(n: int) -> float:
         t = time.perf_counter()
@@ -211,7 +201,25 @@ def step_rate(
         return time.perf_counter() - t
 
     warm = timed(2)
-    return s.batch * steps / timed(steps), warm + (setup if cuda_graph else 0.0)
+    return batch * steps / timed(steps), warm
+
+
+def graph_rate(s: StepSpec, steps: int) -> tuple[float, float, str | None]:
+    """Images per second of the graphed step (`graph_step_setup`), the seconds its warm-up, capture and check
+    took, and why it fell back to the eager step (None when the replay passed its check)."""
+    t = time.perf_counter()
+    step, sync, graphed = graph_step_setup(s)
+    sync()
+    setup = time.perf_counter() - t
+    rate, warm = timed_rate(step, sync, s.batch, steps)
+    return rate, setup + warm, graphed.fallback
+
+
+def step_rate(s: StepSpec, steps: int, compile: bool = False) -> tuple[float, float]:
+    """Images per second of `steps` full G+D steps, and the seconds of the two warm-up steps before them
+    (with `compile`, mostly compilation)."""
+    step, sync = step_setup(s, compile)
+    return timed_rate(step, sync, s.batch, steps)
 
 
 def profile_step(s: StepSpec, rows: int = 15, steps: int = 3) -> str:
@@ -352,10 +360,11 @@ def main() -> None:
                     row += f" {comp:.1f} | {comp / fast:.2f}x | {warm:.0f} |"
                 if a.cuda_graph:
                     try:
-                        graphed, warm = step_rate(spec, a.steps, cuda_graph=True)
-                        row += f" {graphed:.1f} | {graphed / fast:.2f}x | {warm:.0f} |"
+                        graphed, warm, fallback = graph_rate(spec, a.steps)
+                        said = " (eager: the graph fell back)" if fallback else ""
+                        row += f" {graphed:.1f}{said} | {graphed / fast:.2f}x | {warm:.0f} |"
                     except (RuntimeError, ValueError, AttributeError) as e:  # the row's other figures stand
-                        print(f"CUDA graph capture failed at {res} px, batch {batch}: {e}", flush=True)
+                        print(f"CUDA graph at {res} px, batch {batch}: {e}", flush=True)
                         row += " failed | – | – |"
                 if a.first_forms:
                     with first_forms():

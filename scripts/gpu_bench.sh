@@ -9,15 +9,17 @@
 #   4. where the `gpu` preset's step spends its time at 128 and 256 px: the costliest kernels and how busy
 #      the device is (torch.profiler; bench/step_floor.py gives the ceilings on the CPU side);
 #   5. the same step compiled (`train --compile`) at 128 and 256 px, beside the uncompiled one;
-#   6. (part "graph") the same step captured as one CUDA graph and replayed, at the preset's minibatch and
-#      64: whether the host's 20-30 us an op is what holds the step back;
+#   6. (part "graph") the step `train --cuda-graph` replays (trainer/graphstep.py: captured once, its first
+#      replay checked against the eager step) beside the eager step, at GRAPH_RES (default "16 64" and the
+#      RES of 128 and up) and at the preset's minibatch and 64: whether the host's 20-30 us an op is what
+#      holds the step back, and whether the trainer's graph passes its check on a real GPU;
 #   7. (part "forms") the step against the same as first written (PixelNorm, fused kernels, D's two passes).
 # What comes back under $OUT: bench.log (every table as printed), zoo.jsonl and summary.md (ours / zoo).
 #
 #   mkdir -p .gpu && cp -r ../shared/anchors .gpu/anchors     # on the CPU side: the zoo travels in .gpu/
 #   device call (carry .gpu/anchors): OUT=$OUT END_S=540 bash scripts/gpu_bench.sh
 #
-# RES (default "64 128 256") and STEPS (default 20) shrink it, e.g. for a smoke run on a CPU; PARTS (default
+# RES (default "64 128 256"), GRAPH_RES and STEPS (default 20) shrink it, e.g. for a smoke run on a CPU; PARTS (default
 # "zoo baseline minibatch profile compile"; "graph" and "forms" only when named) picks the parts and
 # their order is fixed, e.g. PARTS="graph forms profile compile" RES="128 256" for what the H200 call of
 # 2026-11-27 left unmeasured and what was prepared after it.
@@ -69,8 +71,10 @@ done
 top=${RES##* }
 want minibatch && step "gpu preset $top: minibatch" 120 $PY "${bench[@]}" --presets gpu --res "$top" \
     --batch 16,32,64 --no-baseline
-for r in $RES; do
-    [ "$r" -ge 128 ] && want graph && [ "$device" = cuda ] || continue
+big=""
+for r in $RES; do [ "$r" -ge 128 ] && big="$big $r"; done
+for r in ${GRAPH_RES:-16 64$big}; do
+    want graph && [ "$device" = cuda ] || continue
     step "gpu preset $r: CUDA graph" 120 $PY "${bench[@]}" --presets gpu --res "$r" --cuda-graph --no-baseline \
         --batch "$($PY -c "from trainer.config import TrainConfig as T, preset as p; print(*sorted({T(**p('gpu')[1]).batch($r), 64}), sep=',')")"
 done

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -47,10 +47,11 @@ def probe_throughput(
     """Images/s of full training steps at each resolution of `phases` (mid-fade where it fades), measured
     on throw-away copies of G and D so that the run itself starts untouched. `images` is the run's own
     device copy of the data, so nothing is uploaded twice."""
-    from trainer.loop import fade_reals, make_optimizer, sample_reals, train_step
+    from trainer.loop import LoopStep, make_optimizer
 
     G = copy.deepcopy(getattr(ctx.G, "_orig_mod", ctx.G))  # the eager module under a compiled one
     D = copy.deepcopy(getattr(ctx.D, "_orig_mod", ctx.D))
+    G_ema = copy.deepcopy(G).requires_grad_(False)
     G_step, D_step = (
         (torch.compile(G, dynamic=False), torch.compile(D, dynamic=False)) if ctx.cfg.compile else (G, D)
     )
@@ -68,16 +69,24 @@ def probe_throughput(
     for p in bar:
         bar.set_postfix_str(f"{p.res}x{p.res}")
         alpha = 0.5 if p.kind == "fade" else 1.0
-        opt_G, opt_D = (make_optimizer(m, p.lr, ctx.cfg, ctx.net.arch) for m in (probe.G, probe.D))
+        opt_G, opt_D = (make_optimizer(m, p.lr, ctx.cfg, ctx.net.arch) for m in (G, D))
         batch = max(p.batch // ctx.d.world, 1)
-        for i in range(warmup + steps):
-            if i == warmup:
-                _sync(ctx.device)
-                t = time.perf_counter()
-            reals = fade_reals(sample_reals(images[p.res], batch, probe.gen, True, channels_last), alpha)
-            train_step(probe, reals, p.res, alpha, opt_G, opt_D)
+        step: Any = LoopStep(
+            probe, G, G_ema, images[p.res], p.res, batch, opt_G, opt_D, ctx.cfg.ema_beta, True, channels_last
+        )
+        if ctx.cfg.cuda_graph:  # the step the loop will replay: its rate, not the eager one's
+            from trainer.graphstep import GraphedStep
+
+            step = GraphedStep(step, p.kind == "fade", warmup=warmup, check=False, verbose=False)
+        for _ in range(warmup + 1):  # with a graph: the warm-up steps, then the capture and its first replay
+            step(alpha)
+        _sync(ctx.device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            step(alpha)
         _sync(ctx.device)
         rates[p.res] = batch * ctx.d.world * steps / (time.perf_counter() - t)
+        del step
     del probe
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()

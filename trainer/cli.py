@@ -60,6 +60,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         help="channels-last memory format on CUDA (default on; --no-channels-last for NCHW)",
     )
     p.add_argument("--compile", action="store_true", help="torch.compile G and D")
+    p.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="capture each phase's whole step once as a CUDA graph and replay it (one launch a step); the "
+        "first replay is checked against the eager step, which trains on if they differ (CUDA, one GPU)",
+    )
     p.add_argument("--no-flips", action="store_true", help="turn off random horizontal flips")
     p.add_argument("--tick-kimg", type=float, help="stats, grid, plot and checkpoint interval")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
@@ -131,6 +137,8 @@ def resolve_configs(a: argparse.Namespace) -> tuple[NetConfig, TrainConfig]:
         train_kw["flips"] = False
     if a.compile:
         train_kw["compile"] = True
+    if a.cuda_graph:
+        train_kw["cuda_graph"] = True
     if not is_pow2(net_kw["max_res"]):
         raise ValueError(
             f"--max-res must be a power of two >= 4 (4, 8, 16, ... 1024), got {net_kw['max_res']}"
@@ -155,6 +163,8 @@ def runtime_overrides(a: argparse.Namespace) -> dict[str, Any]:
             out[arg] = getattr(a, arg)
     if a.compile:
         out["compile"] = True
+    if a.cuda_graph:
+        out["cuda_graph"] = True
     return out
 
 

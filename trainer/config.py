@@ -87,6 +87,7 @@ class TrainConfig:
     amp: Amp = "bf16"  # CUDA only; CPU runs in fp32
     channels_last: bool = True  # CUDA only
     compile: bool = False
+    cuda_graph: bool = False  # each phase's step captured once as a CUDA graph and replayed
     tick_kimg: float = 4.0  # housekeeping (stats, grid, plot) interval
     checkpoint_minutes: float = (
         10.0  # wall-clock checkpoint interval (plus every phase end and the run's end)

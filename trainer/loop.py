@@ -27,7 +27,7 @@ from trainer import losses
 from trainer.checkpoint import CheckpointError, RunState, git_commit, net_config
 from trainer.config import NetConfig, Phase, TrainConfig, locate, schedule
 from trainer.data import load_images, load_pyramid, zip_index
-from trainer.networks import build_networks, downsample2x, res_key, upsample2x
+from trainer.networks import blend, build_networks, downsample2x, fading, res_key, upsample2x
 from trainer.viz import plot_losses, save_grid, to_uint8
 
 
@@ -175,9 +175,10 @@ class DeviceImages:
         return self.images  # [M, R, R, 3] uint8
 
 
-def fade_reals(x: Tensor, alpha: float) -> Tensor:
-    """During a fade the reals blend from the upsampled half resolution to full, like G's output."""
-    return torch.lerp(upsample2x(downsample2x(x)), x, alpha) if alpha < 1.0 else x
+def fade_reals(x: Tensor, alpha: float | Tensor) -> Tensor:
+    """During a fade the reals blend from the upsampled half resolution to full, like G's output (`alpha`
+    a float, or a 0-d tensor as a CUDA-graphed fade passes it)."""
+    return blend(upsample2x(downsample2x(x)), x, alpha) if fading(alpha) else x
 
 
 def load_grown(G: nn.Module, D: nn.Module, G_ema: nn.Module, state: dict[str, Any], net: NetConfig) -> None:
@@ -211,14 +212,16 @@ class StepContext:
     d: Dist
     D_eager: nn.Module | None = None  # with --compile: the uncompiled D, for the penalties' double backward
 
-    def penalty_critic(self, res: int, alpha: float) -> Any:
+    def penalty_critic(self, res: int, alpha: float | Tensor) -> Any:
         """D as the gradient penalty and R1 call it: never compiled (aot_autograd cannot double-backward)."""
         D = self.D_eager if self.D_eager is not None else self.D
         return lambda x: D(x, res, alpha)
 
-    def net_alpha(self, alpha: float) -> float | Tensor:
+    def net_alpha(self, alpha: float | Tensor) -> float | Tensor:
         """A compiled G and D take a fade's alpha as a 0-d tensor: one graph for the whole fade rather than a
         recompile for every value (and dynamo's recompile limit after eight)."""
+        if isinstance(alpha, Tensor):  # already one (a CUDA-graphed fade)
+            return alpha
         return torch.tensor(alpha, device=self.device) if self.cfg.compile and alpha < 1.0 else alpha
 
 
@@ -251,7 +254,7 @@ def critic_scores(
 
 
 def d_step(
-    c: StepContext, reals: Tensor, res: int, alpha: float, opt: torch.optim.Optimizer
+    c: StepContext, reals: Tensor, res: int, alpha: float | Tensor, opt: torch.optim.Optimizer
 ) -> dict[str, Tensor]:
     """One critic step; returns detached device scalars (read once per tick, never per step)."""
     n = reals.shape[0]
@@ -289,7 +292,9 @@ def d_step(
     return stats
 
 
-def g_step(c: StepContext, n: int, res: int, alpha: float, opt: torch.optim.Optimizer) -> dict[str, Tensor]:
+def g_step(
+    c: StepContext, n: int, res: int, alpha: float | Tensor, opt: torch.optim.Optimizer
+) -> dict[str, Tensor]:
     z = torch.randn(n, c.net.z_dim, generator=c.gen, device=c.device)
     a = c.net_alpha(alpha)
     with c.autocast:
@@ -314,7 +319,7 @@ def train_step(
     c: StepContext,
     reals: Tensor,
     res: int,
-    alpha: float,
+    alpha: float | Tensor,
     opt_G: torch.optim.Optimizer,
     opt_D: torch.optim.Optimizer,
 ) -> dict[str, Tensor]:
@@ -326,6 +331,31 @@ def train_step(
     c.D.requires_grad_(False)
     stats.update(g_step(c, reals.shape[0], res, alpha, opt_G))
     return stats
+
+
+@dataclass
+class LoopStep:
+    """One step of the loop in one phase: draw a minibatch of reals where the images live and fade them, a D
+    and a G step (`train_step`), then the EMA. The loop calls it eagerly, or `trainer/graphstep.py` replays
+    it from a CUDA graph (`--cuda-graph`)."""
+
+    c: StepContext
+    G: nn.Module  # the eager G (c.G may be its compiled form), whose weights the EMA follows
+    G_ema: nn.Module
+    images: Tensor  # [M, R, R, 3] uint8 on the training device
+    res: int
+    batch: int
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    ema_beta: float
+    flips: bool
+    channels_last: bool
+
+    def __call__(self, alpha: float | Tensor) -> dict[str, Tensor]:
+        x = sample_reals(self.images, self.batch, self.c.gen, self.flips, self.channels_last)
+        stats = train_step(self.c, fade_reals(x, alpha), self.res, alpha, self.opt_G, self.opt_D)
+        update_ema(self.G_ema, self.G, self.ema_beta)
+        return stats
 
 
 # ---------------------------------------------------------------------------- the run
@@ -436,6 +466,10 @@ def _run(
     deadline = time.monotonic() + minutes * 60 if minutes else None
     d = init_distributed()
     device = training_device(d)
+    if cfg.cuda_graph:
+        from trainer.graphstep import check_graph_run
+
+        check_graph_run(cfg, device, d.world)
     torch.manual_seed(cfg.seed)
     continuing = resume_state is not None and not resume_state.get("model_checkpoint")
     phases = schedule(net, cfg)
@@ -809,8 +843,9 @@ def train_loop(
         dynamic_ncols=True,
         desc="training",
     )
-    layout = cfg.channels_last and ctx.device.type == "cuda"  # the reals in the networks' memory format
     tick = Tick(s.cur_nimg)
+    step: Any = None  # LoopStep, or GraphedStep with --cuda-graph
+    step_phase = -1
     last_checkpoint = time.monotonic()
     res = phases[locate(phases, s.cur_nimg)[0]].res
     done = s.cur_nimg >= total_nimg
@@ -821,10 +856,11 @@ def train_loop(
         res = phase.res
         opt_G, opt_D = phase_optimizers(s, idx, phase.lr)
         batch = max(phase.batch // d.world, 1)
+        if step is None or step_phase != idx:  # a phase's step (and, with --cuda-graph, its graph)
+            step, step_phase = None, idx  # the last phase's graph goes before the next is captured
+            step = phase_step(s, ctx, reals_on_device[res], res, batch, opt_G, opt_D, phase.kind == "fade")
 
-        reals = fade_reals(sample_reals(reals_on_device[res], batch, s.gen, cfg.flips, layout), alpha)
-        tick.add(train_step(ctx, reals, res, alpha, opt_G, opt_D))
-        update_ema(s.G_ema, s.G, cfg.ema_beta)
+        tick.add(step(alpha))
         s.cur_nimg += batch * d.world
         s.steps += 1
         bar.update(batch * d.world)
@@ -863,6 +899,27 @@ def train_loop(
     if d.world > 1:
         dist.barrier()
     return TrainResult(files.dir, s.cur_nimg, s.steps, res, s.cur_nimg >= total_nimg, s.history)
+
+
+def phase_step(
+    s: RunState,
+    ctx: StepContext,
+    images: Tensor,
+    res: int,
+    batch: int,
+    opt_G: torch.optim.Optimizer,
+    opt_D: torch.optim.Optimizer,
+    fade: bool,
+) -> Any:
+    """The step the loop calls in one phase: a `LoopStep`, and with --cuda-graph that step captured once
+    and replayed (trainer/graphstep.py)."""
+    layout = s.cfg.channels_last and ctx.device.type == "cuda"  # the reals in the networks' memory format
+    step = LoopStep(ctx, s.G, s.G_ema, images, res, batch, opt_G, opt_D, s.cfg.ema_beta, s.cfg.flips, layout)
+    if not s.cfg.cuda_graph:
+        return step
+    from trainer.graphstep import GraphedStep
+
+    return GraphedStep(step, fade, verbose=ctx.d.main)
 
 
 def phase_optimizers(s: RunState, idx: int, lr: float) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:

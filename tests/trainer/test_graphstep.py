@@ -1,0 +1,141 @@
+"""`train --cuda-graph` on the CPU: what a capture needs from the step (a fade's alpha as a device tensor),
+the eager twin its first replay is checked against, the check itself, and the clear refusals. The capture
+and replay themselves need a CUDA GPU (scripts/gpu_bench.sh measures them when a session is lent one)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.cli import main
+from trainer.config import NetConfig, TrainConfig, preset
+from trainer.graphstep import GraphedStep, adopt, agreement, check_graph_run, flat_weights, twin_step
+from trainer.loop import Dist, LoopStep, make_optimizer, networks_step_context
+from trainer.networks import build_networks
+
+
+def loop_step(faces_dir: Path, cache_dir: Path, seed: int = 0, ema_beta: float = 0.9) -> LoopStep:
+    """A tiny 8 px step on 512 real faces (fp32 on the CPU, where the same ops give the same bits)."""
+    from trainer.data import load_images
+
+    net_kw, train_kw = preset("tiny")
+    net = NetConfig(max_res=8, **net_kw)
+    cfg = TrainConfig(**train_kw)
+    torch.manual_seed(seed)
+    G, D = build_networks(net)
+    G_ema = build_networks(net)[0].requires_grad_(False)
+    G_ema.load_state_dict(G.state_dict())
+    gen = torch.Generator().manual_seed(seed)
+    c = networks_step_context(G, D, net, cfg, torch.device("cpu"), gen, Dist())
+    images = torch.from_numpy(np.array(load_images(faces_dir, 8, cache_dir=cache_dir, progress=False)))
+    opt_G, opt_D = (make_optimizer(m, 1e-3, cfg, "progan") for m in (G, D))
+    return LoopStep(c, G, G_ema, images, 8, 8, opt_G, opt_D, ema_beta, True, False)
+
+
+def state_of(step: LoopStep) -> list[torch.Tensor]:
+    """Every number the step's state holds: weights, Adam's moments and counts, the generator."""
+    out = [t.detach().clone() for m in (step.G, step.c.D, step.G_ema) for t in m.state_dict().values()]
+    for opt in (step.opt_G, step.opt_D):
+        out += [v.clone() for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+    return out + [step.c.gen.get_state()]
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_a_fade_with_a_tensor_alpha_is_the_same_step(faces_dir: Path, cache_dir: Path) -> None:
+    """A graphed fade passes alpha as a 0-d device tensor (written before each replay): the reals' fade, G's
+    and D's blends and the penalty take it as the same function as the float."""
+    by_float, by_tensor = loop_step(faces_dir, cache_dir), loop_step(faces_dir, cache_dir)
+    for alpha in (0.3, 0.75):
+        got = by_tensor(torch.tensor(alpha))
+        want = by_float(alpha)
+        assert got.keys() == want.keys()
+        for k in want:
+            assert torch.allclose(got[k], want[k], rtol=1e-5, atol=1e-6), k
+    for a, b in zip(flat_weights(by_tensor), flat_weights(by_float), strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    # and alpha matters: another value is another step
+    other = loop_step(faces_dir, cache_dir)
+    other(0.9)
+    assert not torch.allclose(flat_weights(other)[1], flat_weights(by_float)[1])
+
+
+def test_the_twin_takes_the_same_step_on_its_own_state(faces_dir: Path, cache_dir: Path) -> None:
+    """The check's eager twin copies weights, Adam state and generator: stepping it leaves the step's own
+    state bit for bit as it was (Adam's load_state_dict alone would share the moments), and the step then
+    taken on the original agrees with it exactly on the CPU."""
+    step = loop_step(faces_dir, cache_dir)
+    for _ in range(2):  # Adam state to copy
+        step(0.5)
+    twin, before, kept = twin_step(step), flat_weights(step), state_of(step)
+    want = twin(0.5)
+    assert same(state_of(step), kept)
+    got = step(0.5)
+    assert agreement(step, got, twin, want, before) == []
+    assert same(state_of(step), state_of(twin))
+
+
+def test_the_check_finds_a_wrong_replay(faces_dir: Path, cache_dir: Path) -> None:
+    """What a broken capture would do, each found: draws that do not advance (a generator not registered with
+    the graph), a missing EMA update, another alpha baked in, an Adam count stepped twice; `adopt` then puts
+    the twin's state back, so nothing of the wrong step is kept."""
+    ref = loop_step(faces_dir, cache_dir)
+    ref(0.5)
+
+    def case(run) -> list[str]:  # type: ignore[no-untyped-def]
+        step = loop_step(faces_dir, cache_dir)
+        step(0.5)
+        twin, before = twin_step(step), flat_weights(step)
+        want = twin(0.5)
+        got = run(step)
+        why = agreement(step, got, twin, want, before)
+        adopt(step, twin)
+        assert same(state_of(step), state_of(twin))
+        return why
+
+    def stale_draws(step: LoopStep) -> dict[str, torch.Tensor]:
+        state = step.c.gen.get_state()
+        out = step(0.5)
+        step.c.gen.set_state(state)
+        return out
+
+    def no_ema(step: LoopStep) -> dict[str, torch.Tensor]:
+        return dataclasses.replace(step, ema_beta=1.0)(0.5)
+
+    def twice(step: LoopStep) -> dict[str, torch.Tensor]:
+        step(0.5)
+        return step(0.5)
+
+    assert any("generator" in w for w in case(stale_draws))
+    assert any(w.startswith("G_ema's update") for w in case(no_ema))
+    assert any("loss_D" in w or "score" in w for w in case(lambda s: s(0.05)))
+    assert any("Adam's step count" in w for w in case(twice))
+    assert case(lambda s: s(0.5)) == []
+
+
+def test_cuda_graph_refusals(faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--cuda-graph where it cannot capture: a clear message, a non-zero exit, no run folder."""
+    out = tmp_path / "runs"
+    rc = main(
+        ["train", "--data", str(faces_dir), "--preset", "tiny", "--max-res", "8"]
+        + ["--out", str(out), "--quiet", "--cuda-graph"]
+    )
+    assert rc != 0 and "--cuda-graph needs a CUDA GPU" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
+    cuda = torch.device("cuda")  # the checks read the device's type only
+    check_graph_run(TrainConfig(cuda_graph=True), cuda, 1)
+    for cfg, world, said in [
+        (TrainConfig(cuda_graph=True, compile=True), 1, "choose one"),
+        (TrainConfig(cuda_graph=True, amp="fp16"), 1, "--amp fp16"),
+        (TrainConfig(cuda_graph=True), 2, "one GPU"),
+    ]:
+        with pytest.raises(ValueError, match=said):
+            check_graph_run(cfg, cuda, world)
+    with pytest.raises(ValueError, match="CUDA device"):
+        GraphedStep(loop_step(faces_dir, tmp_path / "cache"), fade=True)
