@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainer.cli import main
 from trainer.config import NetConfig, TrainConfig, preset
@@ -139,3 +140,39 @@ def test_cuda_graph_refusals(faces_dir: Path, tmp_path: Path, capsys: pytest.Cap
             check_graph_run(cfg, cuda, world)
     with pytest.raises(ValueError, match="CUDA device"):
         GraphedStep(loop_step(faces_dir, tmp_path / "cache"), fade=True)
+
+
+class HostReads(TorchDispatchMode):
+    """The ops a step dispatches that read a tensor back to the host: on CUDA each is a device sync, which a
+    CUDA graph's capture refuses (an `.item()`, a `bool()` of a tensor, a shape that depends on values)."""
+
+    READS = {"_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "equal", "unique"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.ops += 1
+        if func.overloadpacket.__name__ in self.READS:
+            self.found.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_captured_step_reads_nothing_back(faces_dir: Path, cache_dir: Path) -> None:
+    """Everything a graph captures (drawing and fading the reals, both steps with the penalty's double
+    backward, fused Adam as on CUDA, the EMA), in a fade with alpha as a tensor and in a stabilisation,
+    dispatches no op that would wait for the device; `float()` of a tensor, as a mutant would add, does."""
+    step = loop_step(faces_dir, cache_dir)
+    for name in ("opt_G", "opt_D"):
+        params = getattr(step, name).param_groups[0]["params"]
+        setattr(step, name, torch.optim.Adam(params, lr=1e-3, betas=(0.0, 0.99), fused=True))
+    step(0.5)  # Adam's state exists, as after the warm-up
+    for alpha in (torch.tensor(0.5), 1.0):
+        with HostReads() as reads:
+            step(alpha)
+        assert reads.ops > 500 and reads.found == [], (alpha, reads.found)
+    with HostReads() as reads:
+        float(step(1.0)["loss_D"])
+    assert reads.found == ["_local_scalar_dense"]
