@@ -19,10 +19,10 @@
 #   mkdir -p .gpu && cp -r ../shared/anchors .gpu/anchors     # on the CPU side: the zoo travels in .gpu/
 #   device call (carry .gpu/anchors): OUT=$OUT END_S=540 bash scripts/gpu_bench.sh
 #
-# RES (default "64 128 256"), GRAPH_RES and STEPS (default 20) shrink it, e.g. for a smoke run on a CPU; PARTS (default
-# "zoo baseline minibatch profile compile"; "graph" and "forms" only when named) picks the parts and
-# their order is fixed, e.g. PARTS="graph forms profile compile" RES="128 256" for what the H200 call of
-# 2026-11-27 left unmeasured and what was prepared after it.
+# RES (default "64 128 256"), GRAPH_RES and STEPS (default 20) shrink it, e.g. for a smoke run on a CPU;
+# PARTS (default "zoo baseline minibatch profile compile"; "graph" and "forms" only when named) picks the
+# parts and their order is fixed, e.g. PARTS="graph forms profile compile" RES="128 256" for what the H200
+# call of 2026-11-27 left unmeasured and what was prepared after it.
 set -uo pipefail
 t0=$(date +%s)
 : "${OUT:?set OUT}"
