@@ -585,6 +585,9 @@ def restore(s: RunState, state: dict[str, Any], phases: list[Phase], d: Dist) ->
         if state["opt_G"] and state["opt_D"]:  # a packed checkpoint has none: Adam starts fresh
             s.opt_G.load_state_dict(state["opt_G"])
             s.opt_D.load_state_dict(state["opt_D"])
+            for group in (*s.opt_G.param_groups, *s.opt_D.param_groups):
+                # a --cuda-graph run saves Adam capturable, which a CPU cannot step; a graph sets it again
+                group["capturable"] = False
         restore_rank_rng(s.gen, state["rng"], d, s.cfg.seed, s.steps)
         torch.set_rng_state(state["rng"]["torch"])
         s.history = list(state.get("history", []))
