@@ -1,6 +1,6 @@
 """A phase's training step captured once as a CUDA graph and replayed (`train --cuda-graph`).
 
-The eager step issues 1,400-1,800 ops (bench/step_floor.py), and the H200's step times fit a fixed ~61 ms a
+The eager step issues 1,000-1,800 ops (bench/step_floor.py), and the H200's step times fit a fixed ~61 ms a
 step at 256 px whatever the minibatch (docs/benchmarks.md, "A fixed cost per step"). A graph replays every
 kernel of the step with one launch. Each phase gets its own graph, since each has its own resolution,
 minibatch, learning rate and fresh Adam state:
