@@ -378,11 +378,12 @@ def resumed_configs(
     overrides: dict[str, Any] | None = None,
 ) -> tuple[NetConfig, TrainConfig]:
     """A checkpoint's own configs win on resume; only the step limit, an extension and the run-time
-    settings in `overrides` (amp, channels_last, compile, tick_kimg, checkpoint_minutes) may change."""
+    settings in `overrides` (amp, channels_last, compile, cuda_graph, tick_kimg, checkpoint_minutes) may
+    change. --cuda-graph holds for the command that gives it: a graphed run resumes eagerly without it
+    (on a CPU, say)."""
     extra = state["train_cfg"].get("extra_kimg", 0.0) + extend_kimg
-    return net_config(state), TrainConfig.from_json(
-        {**state["train_cfg"], **(overrides or {}), "max_steps": max_steps, "extra_kimg": extra}
-    )
+    cfg = {**state["train_cfg"], "cuda_graph": False, **(overrides or {})}
+    return net_config(state), TrainConfig.from_json({**cfg, "max_steps": max_steps, "extra_kimg": extra})
 
 
 def grown_configs(state: dict[str, Any], net: NetConfig, cfg: TrainConfig) -> tuple[NetConfig, TrainConfig]:
@@ -859,7 +860,7 @@ def train_loop(
         res = phase.res
         opt_G, opt_D = phase_optimizers(s, idx, phase.lr)
         batch = max(phase.batch // d.world, 1)
-        if step is None or step_phase != idx:  # a phase's step (and, with --cuda-graph, its graph)
+        if step_phase != idx:  # a phase's step (and, with --cuda-graph, its graph)
             step, step_phase = None, idx  # the last phase's graph goes before the next is captured
             step = phase_step(s, ctx, reals_on_device[res], res, batch, opt_G, opt_D, phase.kind == "fade")
 

@@ -179,9 +179,9 @@ def test_the_captured_step_reads_nothing_back(faces_dir: Path, cache_dir: Path) 
 
 
 def test_a_graphed_runs_checkpoint_resumes_anywhere(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
-    """A --cuda-graph run saves Adam `capturable` (its step count on the GPU), which a CPU cannot step: such
-    a checkpoint resumes on the CPU all the same, and exactly (capturable changes where Adam keeps its
-    count, not the maths)."""
+    """A --cuda-graph run saves `cuda_graph` in its config and Adam `capturable` (its step count on the GPU),
+    neither of which a CPU can run: such a checkpoint resumes on the CPU all the same (the flag holds for the
+    command that gives it), and exactly (capturable changes where Adam keeps its count, not the maths)."""
     common = ["train", "--data", str(faces_dir), "--preset", "tiny", "--max-res", "8", "--quiet"]
     common += ["--cache-dir", str(cache_dir)]
     assert main([*common, "--out", str(tmp_path / "a"), "--max-steps", "8"]) == 0
@@ -189,6 +189,7 @@ def test_a_graphed_runs_checkpoint_resumes_anywhere(faces_dir: Path, cache_dir: 
     (run_a,), (run_b,) = (tmp_path / "a").iterdir(), (tmp_path / "b").iterdir()
     ckpt = run_b / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=True)
+    state["train_cfg"]["cuda_graph"] = True
     for key in ("opt_G", "opt_D"):
         for group in state[key]["param_groups"]:
             group["capturable"] = True
