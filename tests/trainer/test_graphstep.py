@@ -1,6 +1,7 @@
-"""`train --cuda-graph` on the CPU: what a capture needs from the step (a fade's alpha as a device tensor),
-the eager twin its first replay is checked against, the check itself, and the clear refusals. The capture
-and replay themselves need a CUDA GPU (scripts/gpu_bench.sh measures them when a session is lent one)."""
+"""`train --cuda-graph` on the CPU: what a capture needs from the step (a fade's alpha as a device tensor, no
+op that reads back to the host), the eager twin its first replay is checked against, the check itself, the
+clear refusals, and a graphed run's checkpoint resuming anywhere. The capture and replay themselves need a
+CUDA GPU (scripts/gpu_bench.sh measures them when a session is lent one)."""
 
 from __future__ import annotations
 
