@@ -23,7 +23,7 @@ import copy
 import dataclasses
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from trainer.config import TrainConfig
 from trainer.loop import LoopStep, make_optimizer
@@ -49,9 +49,14 @@ def check_graph_run(cfg: TrainConfig, device: torch.device, world: int) -> None:
         )
 
 
+def networks(step: LoopStep) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """The three networks a step changes: G, D (eager) and G_ema."""
+    return step.G, step.c.D, step.G_ema
+
+
 def twin_step(step: LoopStep) -> LoopStep:
     """`step` on copies of its networks, Adam state and generator: running it leaves `step`'s own untouched."""
-    G, D, G_ema = (copy.deepcopy(m) for m in (step.G, step.c.D, step.G_ema))
+    G, D, G_ema = (copy.deepcopy(m) for m in networks(step))
     gen = torch.Generator(device=step.c.device)
     gen.set_state(step.c.gen.get_state())
     c = dataclasses.replace(step.c, G=G, D=D, D_eager=D, gen=gen)
@@ -66,8 +71,7 @@ def twin_step(step: LoopStep) -> LoopStep:
 
 def flat_weights(step: LoopStep) -> list[Tensor]:
     """G's, D's and G_ema's parameters, each network as one fp32 vector (a copy)."""
-    nets = (step.G, step.c.D, step.G_ema)
-    return [torch.cat([p.detach().float().flatten() for p in m.parameters()]) for m in nets]
+    return [torch.cat([p.detach().float().flatten() for p in m.parameters()]) for m in networks(step)]
 
 
 def adam_steps(step: LoopStep) -> list[float]:
@@ -91,8 +95,9 @@ def agreement(
     why = []
     if not torch.equal(step.c.gen.get_state(), twin.c.gen.get_state()):
         why.append("the generator's state (the random draws)")
-    if adam_steps(step) != adam_steps(twin):
-        why.append(f"Adam's step count ({adam_steps(step)} against {adam_steps(twin)})")
+    counts, twin_counts = adam_steps(step), adam_steps(twin)
+    if counts != twin_counts:
+        why.append(f"Adam's step count ({counts} against {twin_counts})")
     got = {k: float(v) for k, v in stats.items()}
     want = {k: float(v) for k, v in twin_stats.items()}
     if got.keys() != want.keys():
@@ -117,7 +122,7 @@ def agreement(
 @torch.no_grad()
 def adopt(step: LoopStep, twin: LoopStep) -> None:
     """Put `twin`'s state (weights, Adam, generator) into `step`'s own tensors."""
-    for mine, theirs in ((step.G, twin.G), (step.c.D, twin.c.D), (step.G_ema, twin.G_ema)):
+    for mine, theirs in zip(networks(step), networks(twin), strict=True):
         for a, b in zip(mine.state_dict().values(), theirs.state_dict().values(), strict=True):
             a.copy_(b)
     step.opt_G.load_state_dict(copy.deepcopy(twin.opt_G.state_dict()))

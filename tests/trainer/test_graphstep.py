@@ -15,7 +15,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainer.cli import main
 from trainer.config import NetConfig, TrainConfig, preset
-from trainer.graphstep import GraphedStep, adopt, agreement, check_graph_run, flat_weights, twin_step
+from trainer.graphstep import (
+    GraphedStep,
+    adopt,
+    agreement,
+    check_graph_run,
+    flat_weights,
+    networks,
+    twin_step,
+)
 from trainer.loop import Dist, LoopStep, make_optimizer, networks_step_context
 from trainer.networks import build_networks
 
@@ -40,7 +48,7 @@ def loop_step(faces_dir: Path, cache_dir: Path, seed: int = 0, ema_beta: float =
 
 def state_of(step: LoopStep) -> list[torch.Tensor]:
     """Every number the step's state holds: weights, Adam's moments and counts, the generator."""
-    out = [t.detach().clone() for m in (step.G, step.c.D, step.G_ema) for t in m.state_dict().values()]
+    out = [t.detach().clone() for m in networks(step) for t in m.state_dict().values()]
     for opt in (step.opt_G, step.opt_D):
         out += [v.clone() for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
     return out + [step.c.gen.get_state()]
