@@ -95,8 +95,6 @@ def test_the_check_finds_a_wrong_replay(faces_dir: Path, cache_dir: Path) -> Non
     """What a broken capture would do, each found: draws that do not advance (a generator not registered with
     the graph), a missing EMA update, another alpha baked in, an Adam count stepped twice; `adopt` then puts
     the twin's state back, so nothing of the wrong step is kept."""
-    ref = loop_step(faces_dir, cache_dir)
-    ref(0.5)
 
     def case(run) -> list[str]:  # type: ignore[no-untyped-def]
         step = loop_step(faces_dir, cache_dir)
