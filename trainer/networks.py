@@ -172,6 +172,14 @@ def lrelu(x: Tensor) -> Tensor:
 
 
 def upsample2x(x: Tensor) -> Tensor:
+    """Nearest-neighbour 2x up-sampling: one native kernel eagerly (and ONNX's Resize in an export); under
+    torch.compile each pixel broadcast to a 2x2 block, whose backward is a plain sum over it. Inductor lowers
+    the native form to an index gather forward and a scatter-add backward, which in bf16 drops the gradient
+    of a fade's old branch (the lower resolution's to_rgb and the layers before it; torch 2.13, CPU:
+    tests/trainer/test_networks.py checks the compiled fade against the eager one)."""
+    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        n, c, h, w = x.shape
+        return x[:, :, :, None, :, None].expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
