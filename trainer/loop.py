@@ -30,6 +30,8 @@ from trainer.data import load_images, load_pyramid, zip_index
 from trainer.networks import blend, build_networks, downsample2x, fading, res_key, upsample2x
 from trainer.viz import plot_losses, save_grid, to_uint8
 
+RECOMPILE_LIMIT = 64  # --compile: forms of G's and of D's forward dynamo keeps (its default is 8)
+
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what was kept."""
@@ -618,6 +620,11 @@ def networks_step_context(
     scaler = torch.amp.GradScaler("cuda") if use_amp and cfg.amp == "fp16" else None
     G_step, D_step = G, D
     if cfg.compile:
+        # every phase compiles G and D anew (its resolution, fade or not, with and without grad): 2 forms
+        # each a phase, up to 13 phases from 4 to 256 px, past dynamo's default of 8, after which the rest of
+        # the run would train eagerly (with a warning only)
+        limit = torch._dynamo.config.recompile_limit
+        torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
         # static shapes and ints: each resolution (and minibatch) is its own graph anyway, and a dynamic
         # `res` would break the graph where the layers are looked up by name
         G_step = torch.compile(G, dynamic=False)  # type: ignore[assignment]

@@ -194,3 +194,26 @@ def test_compile_trains_through_a_fade_with_either_penalty(
     assert not [r for r in reasons if "alpha ==" in r], "a fade recompiles for every alpha"
     assert not counters["graph_break"], dict(counters["graph_break"])
     torch._dynamo.reset()
+
+
+def test_compile_keeps_compiling_as_a_run_grows(
+    faces_dir: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--compile from 4 to 32 px: seven phases, each compiling G's and D's forward in new forms (another
+    resolution, a fade or not, with and without grad), past dynamo's default limit of 8 forms, after which
+    the rest of a run trained eagerly with a warning only. Every phase compiles its own: 4 forms each."""
+    import functools
+
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)  # the default, whatever ran before
+    counter = CompileCounterWithBackend("aot_eager")
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counter))
+    argv = ["train", "--preset", "tiny", "--quiet", "--data", str(faces_dir), "--max-res", "32", "--compile"]
+    argv += ["--fade-kimg", "0.032", "--stab-kimg", "0.032", "--out", str(tmp_path), "--cache-dir", str(cache_dir)]
+    assert main(argv) == 0
+    torch._dynamo.reset()
+    (run,) = tmp_path.iterdir()
+    assert load_state(run)["res"] == 32
+    assert counter.frame_count == 4 * 7, counter.frame_count
