@@ -9,7 +9,8 @@ and on CUDA the share of the bf16 peak follow.
 `--compile` adds, in the same process, the fast configuration with G and D compiled as `train --compile`
 runs them (the penalty's double backward through the eager D) and the seconds its compilation took;
 `--batch 16,32,64` gives a row per minibatch (what a larger minibatch buys at a resolution);
-`--cuda-graph` adds the step `train --cuda-graph` replays from one capture (no host cost per op);
+`--cuda-graph` adds the step `train --cuda-graph` replays from one capture (no host cost per op), and with
+`--compile` also that step with G and D compiled (`train --compile --cuda-graph`: fused kernels, replayed);
 `--first-forms` adds the fast step as first written: PixelNorm's autograd backward (of an fp32 copy,
 square and mean), the fused layers' kernels from pad, slices and adds, D's reals and fakes in two passes,
 in place of the trainer's hand-written backward, one matmul and one pass: what those rewrites buy;
@@ -162,22 +163,22 @@ def step_setup(s: StepSpec, compile: bool = False) -> tuple[Callable[[], None], 
 
 
 def graph_step_setup(
-    s: StepSpec, warmup: int = 3
+    s: StepSpec, warmup: int = 3, compile: bool = False
 ) -> tuple[Callable[[], None], Callable[[], None], GraphedStep]:
     """The step `train --cuda-graph` replays (trainer/graphstep.py) for `s`: the same G+D step with its reals
     drawn from a device copy of 512 random images and the EMA after it (a few ops more than the eager row's
-    step), captured after `warmup` eager steps, its first replay checked against the eager step. A step
+    step), captured after `warmup` eager steps, its first replay checked against the eager step; with
+    `compile`, G and D compiled as `train --compile --cuda-graph` runs them (the warm-up compiles). A step
     callable, a device sync, and the GraphedStep (`fallback` says why it went eager, if it did)."""
     if s.device.type != "cuda":
         raise ValueError("a CUDA graph needs a CUDA device")
-    ctx, _, opt_G, opt_D = step_parts(s)
+    ctx, _, opt_G, opt_D = step_parts(s, compile)
     images = torch.randint(
         0, 256, (512, s.res, s.res, 3), dtype=torch.uint8, device=s.device, generator=ctx.gen
     )
-    G_ema = copy.deepcopy(ctx.G).requires_grad_(False)
-    step = LoopStep(
-        ctx, ctx.G, G_ema, images, s.res, s.batch, opt_G, opt_D, s.cfg.ema_beta, True, s.channels_last
-    )
+    G = getattr(ctx.G, "_orig_mod", ctx.G)  # the eager G, whose weights the EMA follows
+    G_ema = copy.deepcopy(G).requires_grad_(False)
+    step = LoopStep(ctx, G, G_ema, images, s.res, s.batch, opt_G, opt_D, s.cfg.ema_beta, True, s.channels_last)
     graphed = GraphedStep(step, fade=s.alpha < 1.0, warmup=warmup)
     for _ in range(warmup + 1):  # the eager warm-up, then the capture, its check and first replay
         graphed(s.alpha)
@@ -204,11 +205,12 @@ def timed_rate(
     return batch * steps / timed(steps), warm
 
 
-def graph_rate(s: StepSpec, steps: int) -> tuple[float, float, str | None]:
-    """Images per second of the graphed step (`graph_step_setup`), the seconds its warm-up, capture and check
-    took, and why it fell back to the eager step (None when the replay passed its check)."""
+def graph_rate(s: StepSpec, steps: int, compile: bool = False) -> tuple[float, float, str | None]:
+    """Images per second of the graphed step (`graph_step_setup`), the seconds its warm-up (with `compile`,
+    compilation), capture and check took, and why it fell back to the eager step (None when the replay
+    passed its check)."""
     t = time.perf_counter()
-    step, sync, graphed = graph_step_setup(s)
+    step, sync, graphed = graph_step_setup(s, compile=compile)
     sync()
     setup = time.perf_counter() - t
     rate, warm = timed_rate(step, sync, s.batch, steps)
@@ -334,6 +336,8 @@ def main() -> None:
         head += " img/s (the same, compiled) | compiled / not | compile s |"
     if a.cuda_graph:
         head += " img/s (the same, CUDA graph) | graph / eager | capture s |"
+    if a.cuda_graph and a.compile:
+        head += " img/s (compiled + CUDA graph) | over eager | compile + capture s |"
     if a.first_forms:
         head += " img/s (first forms) | rewrites' speed-up |"
     if not a.no_baseline:
@@ -358,13 +362,16 @@ def main() -> None:
                 if a.compile:
                     comp, warm = step_rate(spec, a.steps, compile=True)
                     row += f" {comp:.1f} | {comp / fast:.2f}x | {warm:.0f} |"
-                if a.cuda_graph:
+                for compiled in (False, True) if a.cuda_graph else ():
+                    if compiled and not a.compile:
+                        continue
                     try:
-                        graphed, warm, fallback = graph_rate(spec, a.steps)
+                        graphed, warm, fallback = graph_rate(spec, a.steps, compile=compiled)
                         said = " (eager: the graph fell back)" if fallback else ""
                         row += f" {graphed:.1f}{said} | {graphed / fast:.2f}x | {warm:.0f} |"
                     except (RuntimeError, ValueError, AttributeError) as e:  # the row's other figures stand
-                        print(f"CUDA graph at {res} px, batch {batch}: {e}", flush=True)
+                        what = "compiled + CUDA graph" if compiled else "CUDA graph"
+                        print(f"{what} at {res} px, batch {batch}: {e}", flush=True)
                         row += " failed | – | – |"
                 if a.first_forms:
                     with first_forms():

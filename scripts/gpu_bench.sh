@@ -13,7 +13,9 @@
 #      replay checked against the eager step) beside the eager step, at GRAPH_RES (default "16 64" and the
 #      RES of 128 and up) and at the preset's minibatch and 64: whether the host's 20-30 us an op is what
 #      holds the step back, and whether the trainer's graph passes its check on a real GPU;
-#   7. (part "forms") the step against the same as first written (PixelNorm, fused kernels, D's two passes).
+#   7. (part "forms") the step against the same as first written (PixelNorm, fused kernels, D's two passes);
+#   8. (part "compgraph", in place of part 5) at 128 and 256 px, in one process each: the step eager,
+#      compiled, as a CUDA graph, and compiled and captured as one graph (`train --compile --cuda-graph`).
 # What comes back under $OUT: bench.log (every table as printed), zoo.jsonl and summary.md (ours / zoo).
 #
 #   mkdir -p .gpu && cp -r ../shared/anchors .gpu/anchors     # on the CPU side: the zoo travels in .gpu/
@@ -21,8 +23,8 @@
 #
 # RES (default "64 128 256"), GRAPH_RES and STEPS (default 20) shrink it, e.g. for a smoke run on a CPU;
 # PARTS (default "zoo baseline minibatch profile compile"; "graph" and "forms" only when named) picks the
-# parts and their order is fixed, e.g. PARTS="graph forms profile compile" RES="128 256" for what the H200
-# call of 2026-11-27 left unmeasured and what was prepared after it.
+# parts and their order is fixed, e.g. PARTS="graph forms profile compgraph" RES="128 256" for what the
+# H200 call of 2026-11-27 left unmeasured and what was prepared after it.
 set -uo pipefail
 t0=$(date +%s)
 : "${OUT:?set OUT}"
@@ -89,6 +91,11 @@ done
 for r in $RES; do  # last: compiling may take minutes, and a step cut at its limit loses its row
     [ "$r" -ge 128 ] && want compile || continue
     step "gpu preset $r: compiled" 180 $PY "${bench[@]}" --presets gpu --res "$r" --compile --no-baseline
+done
+for r in $RES; do
+    [ "$r" -ge 128 ] && want compgraph && [ "$device" = cuda ] || continue
+    step "gpu preset $r: compiled, CUDA graph, both" 240 $PY "${bench[@]}" --presets gpu --res "$r" \
+        --compile --cuda-graph --no-baseline
 done
 
 $PY - "$log" "$OUT/zoo.jsonl" "$OUT/summary.md" "$device" <<'EOF'

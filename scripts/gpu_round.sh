@@ -7,8 +7,9 @@
 #   OUT=... DATA=.gpu/faces-64.zip PRESET=gpu MAX_RES=64 END_S=540 bash scripts/gpu_round.sh [train args]
 #
 # GRAPH=1 trains the first attempt with --cuda-graph (each phase's step replayed from one CUDA graph, checked
-# against the eager step, eager where it differs). If the first attempt fails early, a second runs in fp32
-# NCHW, eagerly, with whatever time is left.
+# against the eager step, eager where it differs); COMPILE=1 adds --compile (each phase's first steps compile G
+# and D; with GRAPH=1 the graph then replays the compiled kernels). If the first attempt fails early, a
+# second runs in fp32 NCHW, eagerly and uncompiled, with whatever time is left.
 set -uo pipefail
 t0=$(date +%s)
 : "${OUT:?set OUT}" "${DATA:?set DATA to an archive from prepare-data}"
@@ -33,9 +34,10 @@ attempt() {
         --minutes "$minutes" --checkpoint-minutes 3 "$@"
 }
 
-graph=()
-[ "${GRAPH:-0}" = 1 ] && graph=(--cuda-graph)
-attempt "${graph[@]}" "$@"
+fast=()
+[ "${GRAPH:-0}" = 1 ] && fast+=(--cuda-graph)
+[ "${COMPILE:-0}" = 1 ] && fast+=(--compile)
+attempt "${fast[@]}" "$@"
 rc=$?
 if [ $rc -ne 0 ] && [ $(($(date +%s) - t0)) -lt $((END_S / 3)) ]; then
     echo "== first attempt failed (rc $rc): again in fp32, NCHW"

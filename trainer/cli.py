@@ -64,7 +64,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--cuda-graph",
         action="store_true",
         help="capture each phase's whole step once as a CUDA graph and replay it (one launch a step); the "
-        "first replay is checked against the eager step, which trains on if they differ (CUDA, one GPU)",
+        "first replay is checked against the eager step, which trains on if they differ (CUDA, one GPU; "
+        "with --compile it replays the compiled kernels)",
     )
     p.add_argument("--no-flips", action="store_true", help="turn off random horizontal flips")
     p.add_argument("--tick-kimg", type=float, help="stats, grid, plot and checkpoint interval")

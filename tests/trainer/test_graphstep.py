@@ -1,16 +1,20 @@
 """`train --cuda-graph` on the CPU: what a capture needs from the step (a fade's alpha as a device tensor, no
-op that reads back to the host), the eager twin its first replay is checked against, the check itself, the
-clear refusals, and a graphed run's checkpoint resuming anywhere. The capture and replay themselves need a
+op that reads back to the host, under --compile nothing left to compile), the eager twin its first replay is
+checked against (eager under --compile too), the check itself, the clear refusals, and a graphed run's
+checkpoint resuming anywhere. The capture and replay themselves need a
 CUDA GPU (scripts/gpu_bench.sh measures them when a session is lent one)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.eval_frame import OptimizedModule
+from torch._dynamo.testing import CompileCounterWithBackend
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainer.cli import main
@@ -28,13 +32,16 @@ from trainer.loop import Dist, LoopStep, make_optimizer, networks_step_context
 from trainer.networks import build_networks
 
 
-def loop_step(faces_dir: Path, cache_dir: Path, seed: int = 0, ema_beta: float = 0.9) -> LoopStep:
-    """A tiny 8 px step on 512 real faces (fp32 on the CPU, where the same ops give the same bits)."""
+def loop_step(
+    faces_dir: Path, cache_dir: Path, seed: int = 0, ema_beta: float = 0.9, compile: bool = False
+) -> LoopStep:
+    """A tiny 8 px step on 512 real faces (fp32 on the CPU, where the same ops give the same bits); with
+    `compile`, G and D compiled as `train --compile` compiles them."""
     from trainer.data import load_images
 
     net_kw, train_kw = preset("tiny")
     net = NetConfig(max_res=8, **net_kw)
-    cfg = TrainConfig(**train_kw)
+    cfg = dataclasses.replace(TrainConfig(**train_kw), compile=compile)
     torch.manual_seed(seed)
     G, D = build_networks(net)
     G_ema = build_networks(net)[0].requires_grad_(False)
@@ -138,8 +145,8 @@ def test_cuda_graph_refusals(faces_dir: Path, tmp_path: Path, capsys: pytest.Cap
     assert not out.exists() or not any(out.iterdir())
     cuda = torch.device("cuda")  # the checks read the device's type only
     check_graph_run(TrainConfig(cuda_graph=True), cuda, 1)
+    check_graph_run(TrainConfig(cuda_graph=True, compile=True), cuda, 1)  # the graph replays compiled kernels
     for cfg, world, said in [
-        (TrainConfig(cuda_graph=True, compile=True), 1, "choose one"),
         (TrainConfig(cuda_graph=True, amp="fp16"), 1, "--amp fp16"),
         (TrainConfig(cuda_graph=True), 2, "one GPU"),
     ]:
@@ -147,6 +154,50 @@ def test_cuda_graph_refusals(faces_dir: Path, tmp_path: Path, capsys: pytest.Cap
             check_graph_run(cfg, cuda, world)
     with pytest.raises(ValueError, match="CUDA device"):
         GraphedStep(loop_step(faces_dir, tmp_path / "cache"), fade=True)
+
+
+def test_the_warm_up_compiles_what_the_capture_replays(
+    faces_dir: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under --compile a capture must find every compiled form ready (dynamo compiling inside a capture reads
+    the CUDA generator's seed, which the capture refuses): a phase's first eager step compiles G and D in
+    every form the step calls, and the captured call (a fade's alpha the graph's device tensor, a
+    stabilisation's the float) compiles nothing more. aot_eager stands in for inductor (the same dynamo
+    capture and guards, no C++ compiler needed on the CPU)."""
+    counter = CompileCounterWithBackend("aot_eager")
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counter))
+    for warm, captured in ((0.5, torch.ones(()) / 2), (1.0, 1.0)):
+        step = loop_step(faces_dir, cache_dir, compile=True)
+        before = counter.frame_count
+        step(warm)  # the warm-up (GraphedStep's run three)
+        compiled = counter.frame_count
+        assert compiled > before, "the networks did not run compiled"
+        step(captured)  # what the capture calls
+        assert counter.frame_count == compiled, f"the captured call compiled (alpha {captured})"
+
+
+def test_a_compiled_step_is_held_to_the_eager_twin(
+    faces_dir: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --compile --cuda-graph the check's twin runs the eager networks (copies of the compiled ones'
+    modules), the compiled step agrees with it, and `adopt` writes the twin's state into the very tensors
+    the compiled networks train."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    step = loop_step(faces_dir, cache_dir, compile=True)
+    assert isinstance(step.c.G, OptimizedModule) and isinstance(step.c.D, OptimizedModule)
+    step(0.5)
+    twin, before = twin_step(step), flat_weights(step)
+    G, D, _ = networks(twin)
+    assert twin.c.G is G and twin.c.D is D and not isinstance(D, OptimizedModule)
+    want = twin(0.5)
+    got = step(0.5)
+    assert agreement(step, got, twin, want, before) == []
+    step(0.5)  # one step more than the twin: adopt puts it back
+    adopt(step, twin)
+    assert same(state_of(step), state_of(twin))
+    assert same(
+        [t.detach() for t in step.c.D.parameters()], [t.detach() for t in networks(twin)[1].parameters()]
+    )
 
 
 class HostReads(TorchDispatchMode):
