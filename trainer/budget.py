@@ -5,13 +5,20 @@ The plan: every phase but the last (the start resolution's stabilisation, then a
 per larger resolution, then the final fade) shows the same number of images K, as in the paper's schedule;
 K is chosen so that these phases take `grow_fraction` of the time (default 0.4). The final resolution's
 stabilisation gets the rest, which is where image quality is made. A run stops at its deadline in any case,
-so a plan that was too hopeful only shortens that last phase."""
+so a plan that was too hopeful only shortens that last phase.
+
+Before any of that, the time a phase's first steps take beyond the steady rate comes off the budget: under
+--compile the compilation of the phase's forms of G and D (tens of seconds on a GPU), under --cuda-graph the
+warm-up and capture, and cuDNN's search for new shapes. The probe measures it per resolution, and it
+already pays it for each resolution's first phase (its compiled forms and cuDNN's choices are kept), so a
+plan charges it to every other phase: the stabilisation after each fade."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -31,6 +38,20 @@ class BudgetError(ValueError):
     """The time budget cannot hold the schedule."""
 
 
+@dataclass
+class Probe:
+    """What `probe_throughput` measured, per resolution."""
+
+    rates: dict[int, float]  # images/s of the steady step
+    setup: dict[int, float] = field(default_factory=dict)  # seconds of a phase's first steps beyond that
+
+    def charged(self, phases: list[Phase]) -> list[float]:
+        """The set-up seconds each phase will pay: none for each resolution's first phase, whose forms the
+        probe compiled (and cuDNN searched), the probe's figure for every later one."""
+        firsts = {p.res: i for i, p in reversed(list(enumerate(phases)))}
+        return [0.0 if firsts[p.res] == i else self.setup.get(p.res, 0.0) for i, p in enumerate(phases)]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -43,10 +64,11 @@ def probe_throughput(
     channels_last: bool,
     warmup: int = 3,
     steps: int = 8,
-) -> dict[int, float]:
-    """Images/s of full training steps at each resolution of `phases` (mid-fade where it fades), measured
-    on throw-away copies of G and D so that the run itself starts untouched. `images` is the run's own
-    device copy of the data, so nothing is uploaded twice."""
+) -> Probe:
+    """Images/s of full training steps at each resolution of `phases` (mid-fade where it fades), and the
+    seconds the first `warmup` + 1 steps took beyond that rate, measured on throw-away copies of G and D so
+    that the run itself starts untouched. `images` is the run's own device copy of the data, so nothing is
+    uploaded twice."""
     from trainer.loop import LoopStep, make_optimizer
 
     G = copy.deepcopy(getattr(ctx.G, "_orig_mod", ctx.G))  # the eager module under a compiled one
@@ -63,6 +85,7 @@ def probe_throughput(
         gen=torch.Generator(device=ctx.device).manual_seed(987654321),
     )
     rates: dict[int, float] = {}
+    setup: dict[int, float] = {}
     first = {p.res: p for p in reversed(phases)}  # each resolution's first phase
     todo = [first[r] for r in sorted(first)]
     bar = tqdm(todo, desc="throughput probe", unit="res", disable=not ctx.d.main, leave=False)
@@ -78,33 +101,43 @@ def probe_throughput(
             from trainer.graphstep import GraphedStep
 
             step = GraphedStep(step, p.kind == "fade", warmup=warmup, check=False, verbose=False)
+        t = time.perf_counter()
         for _ in range(warmup + 1):  # with a graph: the warm-up steps, then the capture and its first replay
             step(alpha)
         _sync(ctx.device)
+        warm = time.perf_counter() - t
         t = time.perf_counter()
         for _ in range(steps):
             step(alpha)
         _sync(ctx.device)
-        rates[p.res] = batch * ctx.d.world * steps / (time.perf_counter() - t)
+        took = time.perf_counter() - t
+        rates[p.res] = batch * ctx.d.world * steps / took
+        setup[p.res] = max(0.0, warm - (warmup + 1) * took / steps)
         del step
     del probe
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
-    return rates
+    return Probe(rates, setup)
 
 
 def plan_to_fit(
-    net: NetConfig, cfg: TrainConfig, rates: dict[int, float], seconds: float, grow_fraction: float = 0.4
+    net: NetConfig, cfg: TrainConfig, probe: Probe, seconds: float, grow_fraction: float = 0.4
 ) -> TrainConfig:
-    """The config whose schedule fits `seconds` at the measured `rates` (images/s per resolution)."""
+    """The config whose schedule fits `seconds` at the measured rates (images/s per resolution), after the
+    phases' set-up (`Probe.charged`)."""
     from trainer.config import schedule
 
     if not 0.0 < grow_fraction < 1.0:
         raise BudgetError(f"--grow-fraction must be between 0 and 1, got {grow_fraction}")
-    usable = (seconds - FINAL_SAVE_S) * PLAN_EFFICIENCY
+    rates = probe.rates
     phases = schedule(net, dataclasses.replace(cfg, extra_kimg=0.0, last_kimg=None))
+    setup = sum(probe.charged(phases))
+    usable = (seconds - FINAL_SAVE_S - setup) * PLAN_EFFICIENCY
     if usable <= 0:
-        raise BudgetError(f"--minutes leaves no time to train (only {seconds:.0f} s after set-up)")
+        raise BudgetError(
+            f"--minutes leaves no time to train (only {seconds:.0f} s after loading and the probe, "
+            f"{setup:.0f} s of it for the phases' set-up)"
+        )
     if len(phases) == 1:  # start_res == max_res: one stabilisation takes it all
         kimg = usable * rates[phases[0].res] / 1000
         return dataclasses.replace(cfg, first_kimg=kimg, last_kimg=None, extra_kimg=0.0)

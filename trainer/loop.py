@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from trainer import losses
+from trainer.budget import Probe
 from trainer.checkpoint import CheckpointError, RunState, git_commit, net_config
 from trainer.config import NetConfig, Phase, TrainConfig, locate, schedule
 from trainer.data import load_images, load_pyramid, zip_index
@@ -398,21 +399,24 @@ def grown_configs(state: dict[str, Any], net: NetConfig, cfg: TrainConfig) -> tu
     return dataclasses.replace(have, max_res=net.max_res), dataclasses.replace(cfg, start_res=res)
 
 
-def describe_schedule(net: NetConfig, cfg: TrainConfig, rates: dict[int, float] | None = None) -> str:
-    """The schedule as a table; with measured `rates` (img/s per resolution) also the expected minutes."""
+def describe_schedule(net: NetConfig, cfg: TrainConfig, probe: Probe | None = None) -> str:
+    """The schedule as a table; with a throughput `probe` (img/s and set-up seconds per resolution) also
+    each phase's set-up and expected minutes (its steps and its set-up)."""
     phases = schedule(net, cfg)
     head = f"{'phase':>5} {'res':>5} {'kind':>5} {'kimg':>8} {'from kimg':>10} {'batch':>6} {'lr':>8}"
-    lines = [head + (f" {'img/s':>8} {'minutes':>8}" if rates else "")]
+    lines = [head + (f" {'img/s':>8} {'set-up s':>8} {'minutes':>8}" if probe else "")]
     start, seconds = 0.0, 0.0
+    charged = probe.charged(phases) if probe else []
     for i, p in enumerate(phases):
         line = f"{i:>5} {p.res:>5} {p.kind:>5} {p.kimg:>8.1f} {start:>10.1f} {p.batch:>6} {p.lr:>8.5f}"
-        if rates:
-            t = p.kimg * 1000 / rates[p.res]
+        if probe:
+            t = p.kimg * 1000 / probe.rates[p.res] + charged[i]
             seconds += t
-            line += f" {rates[p.res]:>8.0f} {t / 60:>8.2f}"
+            line += f" {probe.rates[p.res]:>8.0f} {charged[i]:>8.1f} {t / 60:>8.2f}"
         lines.append(line)
         start += p.kimg
-    lines.append(f"total {start:.1f} kimg" + (f", {seconds / 60:.1f} minutes of steps" if rates else ""))
+    said = f", {seconds / 60:.1f} minutes of steps and set-up" if probe else ""
+    lines.append(f"total {start:.1f} kimg{said}")
     return "\n".join(lines)
 
 
@@ -484,12 +488,12 @@ def _run(
     ctx = step_context(s, device, d)
     reals_on_device = DeviceImages(pyramid, device)  # one resolution at a time, shared with the probe
 
-    rates: dict[int, float] | None = None
+    probe: Probe | None = None
     if deadline is not None and not continuing and net.arch == "progan":
-        rates, cfg = fit_to_deadline(ctx, phases, reals_on_device, deadline, grow_fraction, d)
+        probe, cfg = fit_to_deadline(ctx, phases, reals_on_device, deadline, grow_fraction, d)
         phases, s.cfg, ctx = schedule(net, cfg), cfg, dataclasses.replace(ctx, cfg=cfg)
     if dry_run:  # the schedule (and the plan, with `minutes`) this run would follow; nothing written
-        return describe_schedule(net, cfg, rates)
+        return describe_schedule(net, cfg, probe)
 
     files = RunFiles.open(
         out,
@@ -497,7 +501,7 @@ def _run(
         d,
         device,
         resumed=resume_state,
-        rates=rates,
+        probe=probe,
         reals=pyramid[net.max_res],
         cifar_class=cifar_class,
     )
@@ -639,18 +643,18 @@ def fit_to_deadline(
     deadline: float,
     grow_fraction: float,
     d: Dist,
-) -> tuple[dict[int, float], TrainConfig]:
+) -> tuple[Probe, TrainConfig]:
     """A fresh run's schedule planned to end by `deadline` from a throughput probe on this machine
     (trainer/budget.py); every rank follows rank 0's plan, to the image, so phases switch together."""
     from trainer.budget import plan_to_fit, probe_throughput
 
-    rates = probe_throughput(ctx, phases, reals, ctx.cfg.channels_last and ctx.device.type == "cuda")
+    probe = probe_throughput(ctx, phases, reals, ctx.cfg.channels_last and ctx.device.type == "cuda")
     seconds_left = deadline - time.monotonic()
     if d.world > 1:
-        shared: list[Any] = [rates, seconds_left]
+        shared: list[Any] = [probe, seconds_left]
         dist.broadcast_object_list(shared, src=0)
-        rates, seconds_left = shared
-    return rates, plan_to_fit(ctx.net, ctx.cfg, rates, seconds_left, grow_fraction)
+        probe, seconds_left = shared
+    return probe, plan_to_fit(ctx.net, ctx.cfg, probe, seconds_left, grow_fraction)
 
 
 # ---------------------------------------------------------------------------- what a run writes
@@ -675,7 +679,7 @@ class RunFiles:
         device: torch.device,
         *,
         resumed: dict[str, Any] | None,
-        rates: dict[int, float] | None,
+        probe: Probe | None,
         reals: np.ndarray,
         cifar_class: str | None,
     ) -> RunFiles:
@@ -698,7 +702,7 @@ class RunFiles:
         grid_z = torch.randn(grid_n, net.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 12345))
         files = cls(run_dir, d.main, grid_z.to(device))
         if d.main:
-            files.write_config(s, d, device, resumed, rates, cifar_class)
+            files.write_config(s, d, device, resumed, probe, cifar_class)
             if not continued:
                 save_grid(np.asarray(reals[:grid_n]), run_dir / "reals.png", cols=cfg.grid_size)
             try:
@@ -715,7 +719,7 @@ class RunFiles:
         d: Dist,
         device: torch.device,
         resumed: dict[str, Any] | None,
-        rates: dict[int, float] | None,
+        probe: Probe | None,
         cifar_class: str | None,
     ) -> None:
         cuda = device.type == "cuda"
@@ -734,8 +738,8 @@ class RunFiles:
             "resumed_from": None if resumed is None else resumed["path"],
         }
         (self.dir / "config.json").write_text(json.dumps(config, indent=2))
-        if rates:
-            plan = describe_schedule(s.net, s.cfg, rates)
+        if probe:
+            plan = describe_schedule(s.net, s.cfg, probe)
             (self.dir / "plan.txt").write_text(plan + "\n")
             print(plan, flush=True)
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, free_port
-from trainer.budget import BudgetError, plan_to_fit
+from trainer.budget import BudgetError, Probe, plan_to_fit
 from trainer.checkpoint import MODEL_CHECKPOINT, load_state
 from trainer.cli import main
 from trainer.config import NetConfig, TrainConfig, preset, schedule
@@ -92,7 +92,7 @@ def test_plan_fits_the_budget_and_gives_the_rest_to_the_last_phase() -> None:
     net_kw, train_kw = preset("gpu")
     net, cfg = NetConfig(max_res=64, **net_kw), TrainConfig(**train_kw)
     rates = {4: 5000.0, 8: 4000.0, 16: 2500.0, 32: 1500.0, 64: 600.0}
-    planned = plan_to_fit(net, cfg, rates, seconds=500.0, grow_fraction=0.4)
+    planned = plan_to_fit(net, cfg, Probe(rates), seconds=500.0, grow_fraction=0.4)
     phases = schedule(net, planned)
     seconds = [p.kimg * 1000 / rates[p.res] for p in phases]
     usable = (500.0 - 10.0) * 0.95
@@ -100,9 +100,27 @@ def test_plan_fits_the_budget_and_gives_the_rest_to_the_last_phase() -> None:
     assert seconds[-1] == pytest.approx(0.6 * usable, rel=1e-3)
     assert len({round(p.kimg, 3) for p in phases[:-1]}) == 1  # equal kimg for every growing phase
     with pytest.raises(BudgetError, match="too short"):
-        plan_to_fit(net, cfg, rates, seconds=12.0)
+        plan_to_fit(net, cfg, Probe(rates), seconds=12.0)
     with pytest.raises(BudgetError, match="grow-fraction"):
-        plan_to_fit(net, cfg, rates, seconds=500.0, grow_fraction=1.5)
+        plan_to_fit(net, cfg, Probe(rates), seconds=500.0, grow_fraction=1.5)
+
+
+def test_plan_charges_each_phase_its_set_up() -> None:
+    """A phase's first steps cost more than the steady rate (--compile compiles its forms of G and D, a
+    --cuda-graph captures): the probe ran each resolution's first phase, whose forms are then kept, so
+    every later phase (the stabilisation after each fade) pays the probe's figure out of the budget."""
+    net_kw, train_kw = preset("gpu")
+    net, cfg = NetConfig(max_res=64, **net_kw), TrainConfig(**train_kw)
+    rates = {4: 5000.0, 8: 4000.0, 16: 2500.0, 32: 1500.0, 64: 600.0}
+    probe = Probe(rates, {4: 3.0, 8: 5.0, 16: 7.0, 32: 11.0, 64: 13.0})
+    phases = schedule(net, cfg)
+    assert [(p.res, p.kind) for p in phases][:3] == [(4, "stab"), (8, "fade"), (8, "stab")]
+    assert probe.charged(phases) == [0.0, 0.0, 5.0, 0.0, 7.0, 0.0, 11.0, 0.0, 13.0]
+    planned = schedule(net, plan_to_fit(net, cfg, probe, seconds=500.0))
+    steps = sum(p.kimg * 1000 / rates[p.res] for p in planned)
+    assert steps == pytest.approx((500.0 - 10.0 - 36.0) * 0.95, rel=1e-3)
+    with pytest.raises(BudgetError, match="36 s of it for the phases' set-up"):
+        plan_to_fit(net, cfg, probe, seconds=40.0)
 
 
 def test_minutes_run_plans_and_stops_at_its_deadline(
@@ -154,8 +172,10 @@ def test_dry_run_with_minutes_prints_this_machines_plan(
     assert "img/s" in table[0] and "minutes" in table[0]
     rows = [line.split() for line in table[1:-1]]
     assert [r[1] for r in rows] == ["4", "8", "8", "16", "16"]
-    assert all(float(r[-1]) > 0 and float(r[-2]) > 0 for r in rows)  # img/s and minutes per phase
-    planned = float(table[-1].split(",")[1].split()[0])  # "total … kimg, M minutes of steps"
+    assert all(float(r[-1]) > 0 and float(r[-3]) > 0 for r in rows)  # img/s and minutes per phase
+    # set-up: none where the probe ran a resolution's first phase, its figure for the stabilisations after
+    assert [float(rows[i][-2]) for i in (0, 1, 3)] == [0, 0, 0] and min(float(r[-2]) for r in rows) >= 0
+    planned = float(table[-1].split(",")[1].split()[0])  # "total … kimg, M minutes of steps and set-up"
     assert 1.0 < planned < 2.0  # the steps fit the budget, less set-up and the final save
     assert not out.exists()  # a dry run writes no run folder
 
