@@ -143,7 +143,9 @@ class StepCount:
         return self.flops / seconds / (card.bf16_tflops * 1e12)
 
 
-def step_as_on_cuda(s: StepSpec) -> tuple[StepContext, torch.Tensor, torch.optim.Optimizer, torch.optim.Optimizer]:
+def step_as_on_cuda(
+    s: StepSpec,
+) -> tuple[StepContext, torch.Tensor, torch.optim.Optimizer, torch.optim.Optimizer]:
     """`step_parts(s)` on a CPU `s.device`, made to run the ops it runs on CUDA: fused Adam (one kernel for
     all parameters, as make_optimizer gives CUDA) and, with amp "bf16", the CPU's bf16 autocast."""
     ctx, reals, opt_G, opt_D = step_parts(s)
@@ -179,7 +181,9 @@ def main() -> None:
     ap.add_argument("--z-dim", type=int, help="override the preset's latent size")
     ap.add_argument("--fmap-max", type=int, help="override the preset's channel cap")
     ap.add_argument("--alpha", type=float, default=1.0, help="fade alpha of the counted step")
-    ap.add_argument("--amp", choices=["bf16", "off"], default="bf16", help="the step's precision (default bf16)")
+    ap.add_argument(
+        "--amp", choices=["bf16", "off"], default="bf16", help="the step's precision (default bf16)"
+    )
     ap.add_argument("--card", choices=sorted(CARDS), default="H200")
     ap.add_argument("--ops", type=int, default=0, help="also list the N ops that move the most bytes")
     ap.add_argument(
@@ -220,8 +224,10 @@ def main() -> None:
             if a.ops:
                 top = sorted(c.ops.items(), key=lambda kv: -kv[1].bytes)[: a.ops]
                 for name, o in top:
-                    print(f"    {name:45s} {o.calls:6d} calls {o.flops / batch / 1e9:8.2f} GFLOP/img "
-                          f"{o.bytes / batch / 1e9:7.3f} GB/img")
+                    print(
+                        f"    {name:45s} {o.calls:6d} calls {o.flops / batch / 1e9:8.2f} GFLOP/img "
+                        f"{o.bytes / batch / 1e9:7.3f} GB/img"
+                    )
 
 
 if __name__ == "__main__":

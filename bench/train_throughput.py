@@ -178,7 +178,9 @@ def graph_step_setup(
     )
     G = getattr(ctx.G, "_orig_mod", ctx.G)  # the eager G, whose weights the EMA follows
     G_ema = copy.deepcopy(G).requires_grad_(False)
-    step = LoopStep(ctx, G, G_ema, images, s.res, s.batch, opt_G, opt_D, s.cfg.ema_beta, True, s.channels_last)
+    step = LoopStep(
+        ctx, G, G_ema, images, s.res, s.batch, opt_G, opt_D, s.cfg.ema_beta, True, s.channels_last
+    )
     graphed = GraphedStep(step, fade=s.alpha < 1.0, warmup=warmup)
     for _ in range(warmup + 1):  # the eager warm-up, then the capture, its check and first replay
         graphed(s.alpha)

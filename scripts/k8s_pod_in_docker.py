@@ -203,9 +203,7 @@ def run_checks(pod: dict[str, Any], c: dict[str, Any], name: str, base: str) -> 
     done: dict[str, Any] = {}
 
     def in_flight() -> None:
-        body = json.dumps(
-            {"seeds": [1, 2, 3], "steps": 60, "res": res, "output": "animation"}
-        ).encode()
+        body = json.dumps({"seeds": [1, 2, 3], "steps": 60, "res": res, "output": "animation"}).encode()
         request = urllib.request.Request(
             f"{base}/interpolate",
             data=body,

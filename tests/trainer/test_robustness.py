@@ -211,7 +211,8 @@ def test_compile_keeps_compiling_as_a_run_grows(
     counter = CompileCounterWithBackend("aot_eager")
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counter))
     argv = ["train", "--preset", "tiny", "--quiet", "--data", str(faces_dir), "--max-res", "32", "--compile"]
-    argv += ["--fade-kimg", "0.032", "--stab-kimg", "0.032", "--out", str(tmp_path), "--cache-dir", str(cache_dir)]
+    argv += ["--fade-kimg", "0.032", "--stab-kimg", "0.032"]
+    argv += ["--out", str(tmp_path), "--cache-dir", str(cache_dir)]
     assert main(argv) == 0
     torch._dynamo.reset()
     (run,) = tmp_path.iterdir()
