@@ -457,9 +457,8 @@ def export_model(
             "'downscale the top output' would give 0 at the full top-resolution cost",
         )
         if downscale:
-            report["downscaled_top"] = (
-                downscale  # these graphs serve the top output box-downscaled (distance 0)
-            )
+            # these graphs serve the top output box-downscaled (distance 0)
+            report["downscaled_top"] = downscale
         if consistency_method == "cut":
             heads = {}
 
