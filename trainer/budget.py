@@ -5,7 +5,8 @@ The plan: every phase but the last (the start resolution's stabilisation, then a
 per larger resolution, then the final fade) shows the same number of images K, as in the paper's schedule;
 K is chosen so that these phases take `grow_fraction` of the time (default 0.4). The final resolution's
 stabilisation gets the rest, which is where image quality is made. A run stops at its deadline in any case,
-so a plan that was too hopeful only shortens that last phase.
+so a plan that was too hopeful only shortens that last phase, and one that was too cautious lengthens it:
+a planned run whose schedule ends early trains its last phase on until the deadline (`train_loop`).
 
 Before any of that, the time a phase's first steps take beyond the steady rate comes off the budget: under
 --compile the compilation of the phase's forms of G and D (tens of seconds on a GPU), under --cuda-graph the

@@ -32,6 +32,7 @@ from trainer.networks import blend, build_networks, downsample2x, fading, res_ke
 from trainer.viz import plot_losses, save_grid, to_uint8
 
 RECOMPILE_LIMIT = 64  # --compile: forms of G's and of D's forward dynamo keeps (its default is 8)
+EXTEND_MIN_S = 5.0  # a planned run whose schedule ends this much before its deadline trains on
 
 
 class TrainingError(RuntimeError):
@@ -505,7 +506,9 @@ def _run(
         reals=pyramid[net.max_res],
         cifar_class=cifar_class,
     )
-    return train_loop(s, ctx, phases, reals_on_device, files, progress, deadline, minutes)
+    return train_loop(
+        s, ctx, phases, reals_on_device, files, progress, deadline, minutes, to_deadline=probe is not None
+    )
 
 
 # ---------------------------------------------------------------------------- setting a run up
@@ -844,9 +847,12 @@ def train_loop(
     progress: bool,
     deadline: float | None = None,
     minutes: float | None = None,
+    to_deadline: bool = False,
 ) -> TrainResult:
     """Steps until the schedule ends, `max_steps` or the deadline; every tick (and every phase end) the
-    housekeeping: stats, a finite check, the grid, and on an interval or a phase end the checkpoint."""
+    housekeeping: stats, a finite check, the grid, and on an interval or a phase end the checkpoint. With
+    `to_deadline` (a schedule planned for the deadline), a schedule that ends early trains its final
+    stabilisation on until the deadline (`deadline_extension`)."""
     cfg, d = s.cfg, ctx.d
     total_nimg = int(round(sum(p.kimg for p in phases) * 1000))
     bar = tqdm(
@@ -861,6 +867,7 @@ def train_loop(
     tick = Tick(s.cur_nimg)
     step: Any = None  # LoopStep, or GraphedStep with --cuda-graph
     step_phase = -1
+    phase_clock = (time.monotonic(), s.cur_nimg)  # when the current phase's step began, at which image
     last_checkpoint = time.monotonic()
     res = phases[locate(phases, s.cur_nimg)[0]].res
     done = s.cur_nimg >= total_nimg
@@ -874,6 +881,7 @@ def train_loop(
         if step_phase != idx:  # a phase's step (and, with --cuda-graph, its graph)
             step, step_phase = None, idx  # the last phase's graph goes before the next is captured
             step = phase_step(s, ctx, reals_on_device[res], res, batch, opt_G, opt_D, phase.kind == "fade")
+            phase_clock = (time.monotonic(), s.cur_nimg)
 
         tick.add(step(alpha))
         s.cur_nimg += batch * d.world
@@ -882,6 +890,13 @@ def train_loop(
 
         if deadline is not None and (d.world == 1 or s.steps % 50 == 0):  # ranks agree every 50 steps
             out_of_time = any_rank(time.monotonic() >= deadline, d, ctx.device)
+        if to_deadline and deadline is not None and s.cur_nimg >= total_nimg and not out_of_time:
+            extra = deadline_extension(s, phase_clock, deadline, batch * d.world, d)
+            if extra > 0:  # the plan ran faster than probed: the final stabilisation goes on
+                s.cfg = dataclasses.replace(s.cfg, extra_kimg=s.cfg.extra_kimg + extra)
+                phases = schedule(s.net, s.cfg)
+                total_nimg = int(round(sum(p.kimg for p in phases) * 1000))
+                bar.total = total_nimg
         max_steps = cfg.max_steps is not None and s.steps >= cfg.max_steps
         done = s.cur_nimg >= total_nimg or max_steps or out_of_time
         phase_end = locate(phases, s.cur_nimg)[0] != idx or s.cur_nimg >= total_nimg
@@ -914,6 +929,26 @@ def train_loop(
     if d.world > 1:
         dist.barrier()
     return TrainResult(files.dir, s.cur_nimg, s.steps, res, s.cur_nimg >= total_nimg, s.history)
+
+
+def deadline_extension(
+    s: RunState, phase_clock: tuple[float, int], deadline: float, step_nimg: int, d: Dist
+) -> float:
+    """The kimg a planned run's final stabilisation can still train before `deadline` (less the time kept for
+    the final save), at the pace of this phase so far (`phase_clock`: when it started, at which image);
+    0 when that is under a few seconds or a step. Rank 0 decides for every rank."""
+    from trainer.budget import FINAL_SAVE_S
+
+    started, start_nimg = phase_clock
+    now = time.monotonic()
+    rate = (s.cur_nimg - start_nimg) / max(now - started, 1e-6)
+    left = deadline - FINAL_SAVE_S - now
+    nimg = int(left * rate) // step_nimg * step_nimg if left >= EXTEND_MIN_S else 0
+    if d.world > 1:
+        shared = [nimg]
+        dist.broadcast_object_list(shared, src=0)
+        nimg = shared[0]
+    return nimg / 1000
 
 
 def phase_step(

@@ -161,6 +161,39 @@ def test_minutes_run_plans_and_stops_at_its_deadline(
     assert main([*args, "--out", str(tmp_path), "--minutes", "-1"]) == 2
 
 
+def test_a_plan_that_ends_early_trains_on_to_its_deadline(
+    faces_zip: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe that under-rates the machine (a busy moment, forms the run then finds compiled) plans a
+    schedule that ends long before the deadline: the final stabilisation trains on at its own pace until
+    the deadline, less the time kept for the final save, and the checkpoint's schedule says how far
+    (extra_kimg), so that it resumes as any other run."""
+    import time
+
+    import trainer.budget as budget
+
+    measure = budget.probe_throughput
+
+    def under_rated(*args, **kwargs):  # type: ignore[no-untyped-def]
+        probe = measure(*args, **kwargs)
+        return Probe({r: v / 4 for r, v in probe.rates.items()}, probe.setup)
+
+    monkeypatch.setattr(budget, "probe_throughput", under_rated)
+    args = ["train", "--data", str(faces_zip), "--preset", "tiny", "--max-res", "8", "--quiet"]
+    t = time.monotonic()
+    argv = [*args, "--out", str(tmp_path), "--cache-dir", str(cache_dir), "--minutes", "0.75"]
+    assert main([*argv, "--tick-kimg", "0.5"]) == 0
+    took = time.monotonic() - t
+    (run,) = tmp_path.iterdir()
+    planned = float((run / "plan.txt").read_text().splitlines()[-1].split()[1])  # "total K kimg, ..."
+    state = load_state(run)
+    extra = state["train_cfg"]["extra_kimg"]
+    assert extra > 0 and state["cur_nimg"] / 1000 > planned + 0.5 * extra
+    assert state["cur_nimg"] / 1000 > 2 * planned  # the probe's rates were a quarter of the real ones
+    # the schedule's end moves to within a few seconds of the deadline less the final save's time
+    assert 45 - budget.FINAL_SAVE_S - 10 < took < 45 + 15
+
+
 def test_dry_run_with_minutes_prints_this_machines_plan(
     faces_zip: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
