@@ -224,26 +224,50 @@ def test_minutes_too_short_for_the_first_phase(
     assert not out.exists() or not any(out.glob("*/checkpoint.pt"))
 
 
+UNDER_RATED = """
+import sys
+
+import trainer.budget as budget
+from trainer.cli import main
+
+measure = budget.probe_throughput
+
+
+def under_rated(*args, **kwargs):
+    probe = measure(*args, **kwargs)
+    return budget.Probe({r: v / 4 for r, v in probe.rates.items()}, probe.setup)
+
+
+budget.probe_throughput = under_rated
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_two_ranks_share_one_plan_and_one_deadline(faces_dir: Path, tmp_path: Path) -> None:
     """Under DDP every rank follows rank 0's plan and all stop at the same step when time is up (a rank
-    that stopped alone would leave the others hanging in an all-reduce). Its own decode cache: an 8x8
-    cache decoded directly differs from one box-downscaled from 16x16, and the shared one must hold the
-    latter for the exact-resume test."""
+    that stopped alone would leave the others hanging in an all-reduce); with a probe that under-rates the
+    machine, the plan ends early and both ranks train on to the deadline by rank 0's reckoning. Its own
+    decode cache: an 8x8 cache decoded directly differs from one box-downscaled from 16x16, and the
+    shared one must hold the latter for the exact-resume test."""
     cache_dir = tmp_path / "cache"
     out = tmp_path / "runs"
     import os
 
+    script = tmp_path / "under_rated.py"
+    script.write_text(UNDER_RATED)
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-        "-m", "trainer", "train", "--data", str(faces_dir), "--preset", "tiny", "--max-res", "8",
-        "--out", str(out), "--cache-dir", str(cache_dir), "--quiet", "--minutes", "0.5",
+        str(script), "train", "--data", str(faces_dir), "--preset", "tiny", "--max-res", "8",
+        "--out", str(out), "--cache-dir", str(cache_dir), "--quiet", "--minutes", "0.5", "--tick-kimg", "0.5",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = out.iterdir()
-    assert (run / "plan.txt").exists() and load_state(run)["res"] == 8
+    state = load_state(run)
+    assert (run / "plan.txt").exists() and state["res"] == 8
+    assert state["train_cfg"]["extra_kimg"] > 0  # the final stabilisation went on past the plan
 
 
 # ---------------------------------------------------------------------------- models that train further
