@@ -189,11 +189,27 @@ def _resize(arr: np.ndarray, res: int) -> np.ndarray:
     )
 
 
-def downsample_box(arr: np.ndarray) -> np.ndarray:
-    """2x2 box average of uint8 images [N, H, W, 3] (the paper's dataset tool does the same)."""
+def downsample_box(arr: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """2x2 box average of uint8 images [N, H, W, 3], rounded half up (the paper's dataset tool does the same).
+
+    A chunk of images at a time, on a thread per core (numpy releases the GIL), as four strided adds: a
+    memmap is read a chunk at a time, and 30k faces at 256 px take seconds rather than the two minutes of
+    one reduction over the whole array (its strided sum and an fp16-sized copy of everything)."""
     n, h, w, c = arr.shape
-    x = arr.reshape(n, h // 2, 2, w // 2, 2, c).astype(np.uint16).sum(axis=(2, 4))
-    return ((x + 2) // 4).astype(np.uint8)
+    out = np.empty((n, h // 2, w // 2, c), dtype=np.uint8)
+
+    def one(start: int) -> None:
+        x = np.asarray(arr[start : start + chunk], dtype=np.uint16)
+        total = x[:, 0::2, 0::2] + x[:, 1::2, 0::2]
+        total += x[:, 0::2, 1::2]
+        total += x[:, 1::2, 1::2]
+        total += 2
+        total //= 4
+        out[start : start + chunk] = total
+
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        list(pool.map(one, range(0, n, chunk)))
+    return out
 
 
 def _decode(src: Source, res: int, progress: bool) -> tuple[np.ndarray, int]:
@@ -319,7 +335,7 @@ def load_images(
             arr = np.load(root / f"{larger[0]}.npy", mmap_mode="r")
             r = larger[0]
             while r > res:
-                arr, r = downsample_box(np.asarray(arr)), r // 2
+                arr, r = downsample_box(arr), r // 2
             _atomic_save(target, arr)
         else:
             arr, skipped = _decode(src, res, progress)

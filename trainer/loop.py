@@ -482,7 +482,9 @@ def _run(
     continuing = resume_state is not None and not resume_state.get("model_checkpoint")
     phases = schedule(net, cfg)
 
-    pyramid = load_training_images(data, net, d, progress, cache_dir, cifar_class, allow_upscale)
+    pyramid = load_training_images(
+        data, net, d, progress, cache_dir, cifar_class, allow_upscale, min_res=cfg.start_res
+    )
     s = new_run_state(net, cfg, data, pyramid, device, d)
     if resume_state is not None:
         restore(s, resume_state, phases, d)
@@ -534,14 +536,16 @@ def load_training_images(
     cache_dir: str | Path | None,
     cifar_class: str | None,
     allow_upscale: bool,
+    min_res: int = 4,
 ) -> dict[int, np.ndarray]:
-    """Every resolution a run trains at (uint8 memmaps [M, R, R, 3]): rank 0 decodes into the cache first,
-    then the other ranks map it."""
+    """Every resolution a run trains at, `min_res` (its start) to net.max_res (uint8 memmaps [M, R, R, 3]):
+    rank 0 decodes into the cache first, then the other ranks map it. A run that starts at 256 px (a model
+    grown before) builds no lower resolutions."""
     kw: dict[str, Any] = dict(cache_dir=cache_dir, cifar_class=cifar_class, allow_upscale=allow_upscale)
 
     def load(show: bool) -> dict[int, np.ndarray]:
         if net.arch == "progan":
-            return load_pyramid(data, net.max_res, progress=show, **kw)
+            return load_pyramid(data, net.max_res, min_res=min_res, progress=show, **kw)
         return {net.max_res: load_images(data, net.max_res, progress=show, **kw)}
 
     pyramid = load(progress) if d.main else {}

@@ -267,3 +267,14 @@ def test_cuda_graph_row_needs_cuda(
     )
     with pytest.raises(ValueError, match="needs a CUDA device"):
         train_throughput.graph_step_setup(spec)
+
+
+def test_pyramid_bench_prints_both_forms_and_their_bytes_agree(faces_dir: Path, tmp_path: Path) -> None:
+    """bench/pyramid.py on 64 real faces at 32 px: a row per level, the two forms' bytes the same."""
+    cmd = [sys.executable, "bench/pyramid.py", "--data", str(faces_dir), "--count", "64", "--res", "32"]
+    cmd += ["--cache-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "->" in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["32 -> 16", "16 -> 8", "8 -> 4"]
+    assert all(r.split("|")[5].strip() == "True" for r in rows)

@@ -273,6 +273,23 @@ def test_two_ranks_share_one_plan_and_one_deadline(faces_dir: Path, tmp_path: Pa
 # ---------------------------------------------------------------------------- models that train further
 
 
+def test_a_grown_model_decodes_no_resolution_below_its_start(
+    tiny_model_dir: Path, faces_dir: Path, tmp_path: Path
+) -> None:
+    """Growing a 16 px model to 32 trains at 16 and 32 only: the data cache holds those two resolutions and
+    none of the 4 and 8 px ones a fresh run needs (at 256 px, the 128 px level alone is 1 GB to average)."""
+    cache = tmp_path / "cache"
+    rc = main(
+        [
+            "train", "--resume", str(tiny_model_dir), "--data", str(faces_dir), "--preset", "tiny",
+            "--max-res", "32", "--out", str(tmp_path / "runs"), "--cache-dir", str(cache), "--quiet",
+            "--max-steps", "2",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    assert sorted(p.name for p in cache.glob("*/*.npy")) == ["16.npy", "32.npy"]
+
+
 def test_export_writes_a_checkpoint_that_grows(
     tiny_model_dir: Path, faces_dir: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

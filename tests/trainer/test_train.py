@@ -12,7 +12,7 @@ import torch
 
 from trainer.checkpoint import load_generator, load_state
 from trainer.cli import main
-from trainer.data import find_source, load_images
+from trainer.data import downsample_box, find_source, load_images
 
 
 def _train(*args: str) -> int:
@@ -129,6 +129,21 @@ def test_cache_is_uint8_memmap_and_reused(faces_dir: Path, cache_dir: Path) -> N
     b = load_images(faces_dir, 16, cache_dir=cache_dir)
     assert np.array_equal(a, b)
     assert find_source(faces_dir).kind == "celeba"
+
+
+def test_box_downscale_is_the_rounded_2x2_mean(faces_dir: Path, tmp_path: Path) -> None:
+    """The pyramid's 2x2 box average, a chunk of images at a time on threads: each pixel the mean of its four,
+    rounded half up, the same as one reduction over the whole array; a chunk size that does not divide the
+    count and a memmap source change nothing, and a cache's lower resolution is the one above averaged."""
+    faces = load_images(faces_dir, 32, cache_dir=tmp_path)
+    n, h, w, c = faces.shape
+    ref = faces.reshape(n, h // 2, 2, w // 2, 2, c).astype(np.uint16).sum(axis=(2, 4))
+    want = ((ref + 2) // 4).astype(np.uint8)
+    for chunk in (1, 100, 256, 4096):
+        assert np.array_equal(downsample_box(faces, chunk=chunk), want)
+    quad = np.array([[[[1], [2]], [[2], [2]]]], dtype=np.uint8)  # 7 / 4 = 1.75 -> 2; 6 / 4 = 1.5 -> 2
+    assert downsample_box(quad).item() == 2 and downsample_box(quad - 1).item() == 1  # 3 / 4 -> 1
+    assert np.array_equal(load_images(faces_dir, 16, cache_dir=tmp_path), downsample_box(faces))
 
 
 def test_unreadable_and_greyscale_files(tmp_path: Path) -> None:
