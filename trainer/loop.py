@@ -471,7 +471,8 @@ def _run(
 ) -> TrainResult | str:
     """`resume_state`: a checkpoint from `load_state`, with `net` and `cfg` from `resolve_resume` on it. A
     run's checkpoint continues in its own folder on its own schedule; a model folder's starts a new run."""
-    deadline = time.monotonic() + minutes * 60 if minutes else None
+    started = time.monotonic()  # the rows' wall_s count from here: loading and the probe included
+    deadline = started + minutes * 60 if minutes else None
     d = init_distributed()
     device = training_device(d)
     if cfg.cuda_graph:
@@ -509,7 +510,16 @@ def _run(
         cifar_class=cifar_class,
     )
     return train_loop(
-        s, ctx, phases, reals_on_device, files, progress, deadline, minutes, to_deadline=probe is not None
+        s,
+        ctx,
+        phases,
+        reals_on_device,
+        files,
+        progress,
+        deadline,
+        minutes,
+        to_deadline=probe is not None,
+        started=started,
     )
 
 
@@ -852,12 +862,15 @@ def train_loop(
     deadline: float | None = None,
     minutes: float | None = None,
     to_deadline: bool = False,
+    started: float | None = None,
 ) -> TrainResult:
     """Steps until the schedule ends, `max_steps` or the deadline; every tick (and every phase end) the
     housekeeping: stats, a finite check, the grid, and on an interval or a phase end the checkpoint. With
     `to_deadline` (a schedule planned for the deadline), a schedule that ends early trains its final
-    stabilisation on until the deadline (`deadline_extension`)."""
+    stabilisation on until the deadline (`deadline_extension`). `started`: when the command began (monotonic
+    clock), which each row's wall_s counts from."""
     cfg, d = s.cfg, ctx.d
+    started = time.monotonic() if started is None else started
     total_nimg = int(round(sum(p.kimg for p in phases) * 1000))
     bar = tqdm(
         total=total_nimg,
@@ -910,7 +923,7 @@ def train_loop(
         # --- housekeeping: the only place the loop waits for the device
         means = tick.means()
         stop_if_not_finite(means, s, tick, res, alpha, files, ctx)
-        row = tick_row(s, phase, alpha, tick, means)
+        row = tick_row(s, phase, alpha, tick, means, time.monotonic() - started)
         gen_ranks = rank_rng_states(s.gen, d)  # on every rank, every tick: only rank 0 writes checkpoints
         tick = Tick(s.cur_nimg)
         s.history.append(row)
@@ -989,8 +1002,11 @@ def phase_optimizers(s: RunState, idx: int, lr: float) -> tuple[torch.optim.Opti
     return s.opt_G, s.opt_D
 
 
-def tick_row(s: RunState, phase: Phase, alpha: float, tick: Tick, means: dict[str, float]) -> dict[str, Any]:
-    """One line of stats.jsonl."""
+def tick_row(
+    s: RunState, phase: Phase, alpha: float, tick: Tick, means: dict[str, float], wall_s: float
+) -> dict[str, Any]:
+    """One line of stats.jsonl; `wall_s`: seconds since the command began (data, probe and set-up included,
+    so a lease's first row tells what came before the steps)."""
     elapsed = time.time() - tick.start_time
     return {
         "kimg": s.cur_nimg / 1000,
@@ -1001,5 +1017,6 @@ def tick_row(s: RunState, phase: Phase, alpha: float, tick: Tick, means: dict[st
         "lr": phase.lr,
         "steps": s.steps,
         "img_s": (s.cur_nimg - tick.start_nimg) / max(elapsed, 1e-9),
+        "wall_s": round(wall_s, 2),
         **means,
     }

@@ -192,6 +192,8 @@ def test_a_plan_that_ends_early_trains_on_to_its_deadline(
     assert state["cur_nimg"] / 1000 > 2 * planned  # the probe's rates were a quarter of the real ones
     # the schedule's end moves to within a few seconds of the deadline less the final save's time
     assert 45 - budget.FINAL_SAVE_S - 10 < took < 45 + 15
+    wall = [json.loads(x)["wall_s"] for x in (run / "stats.jsonl").read_text().splitlines()]
+    assert wall[0] > 0 and wall == sorted(wall) and wall[-1] < took  # seconds since the command began
 
 
 def test_dry_run_with_minutes_prints_this_machines_plan(
