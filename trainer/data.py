@@ -194,7 +194,7 @@ def downsample_box(arr: np.ndarray, chunk: int = 256) -> np.ndarray:
 
     A chunk of images at a time, on a thread per core (numpy releases the GIL), as four strided adds: a
     memmap is read a chunk at a time, and 30k faces at 256 px take seconds rather than the two minutes of
-    one reduction over the whole array (its strided sum and an fp16-sized copy of everything)."""
+    one reduction over the whole array (its strided sum and a uint16 copy of everything)."""
     n, h, w, c = arr.shape
     out = np.empty((n, h // 2, w // 2, c), dtype=np.uint8)
 
