@@ -171,12 +171,7 @@ def test_a_plan_that_ends_early_trains_on_to_its_deadline(
     import time
 
     import trainer.budget as budget
-
-    measure = budget.probe_throughput
-
-    def under_rated(*args, **kwargs):  # type: ignore[no-untyped-def]
-        probe = measure(*args, **kwargs)
-        return Probe({r: v / 4 for r, v in probe.rates.items()}, probe.setup)
+    from tests.trainer.under_rated import under_rated
 
     monkeypatch.setattr(budget, "probe_throughput", under_rated)
     args = ["train", "--data", str(faces_zip), "--preset", "tiny", "--max-res", "8", "--quiet"]
@@ -226,25 +221,6 @@ def test_minutes_too_short_for_the_first_phase(
     assert not out.exists() or not any(out.glob("*/checkpoint.pt"))
 
 
-UNDER_RATED = """
-import sys
-
-import trainer.budget as budget
-from trainer.cli import main
-
-measure = budget.probe_throughput
-
-
-def under_rated(*args, **kwargs):
-    probe = measure(*args, **kwargs)
-    return budget.Probe({r: v / 4 for r, v in probe.rates.items()}, probe.setup)
-
-
-budget.probe_throughput = under_rated
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_two_ranks_share_one_plan_and_one_deadline(faces_dir: Path, tmp_path: Path) -> None:
     """Under DDP every rank follows rank 0's plan and all stop at the same step when time is up (a rank
     that stopped alone would leave the others hanging in an all-reduce); with a probe that under-rates the
@@ -255,13 +231,11 @@ def test_two_ranks_share_one_plan_and_one_deadline(faces_dir: Path, tmp_path: Pa
     out = tmp_path / "runs"
     import os
 
-    script = tmp_path / "under_rated.py"
-    script.write_text(UNDER_RATED)
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-        str(script), "train", "--data", str(faces_dir), "--preset", "tiny", "--max-res", "8",
+        str(REPO / "tests/trainer/under_rated.py"), "train", "--data", str(faces_dir), "--preset", "tiny", "--max-res", "8",
         "--out", str(out), "--cache-dir", str(cache_dir), "--quiet", "--minutes", "0.5", "--tick-kimg", "0.5",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
