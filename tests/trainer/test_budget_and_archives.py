@@ -235,8 +235,9 @@ def test_two_ranks_share_one_plan_and_one_deadline(faces_dir: Path, tmp_path: Pa
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-        str(REPO / "tests/trainer/under_rated.py"), "train", "--data", str(faces_dir), "--preset", "tiny", "--max-res", "8",
-        "--out", str(out), "--cache-dir", str(cache_dir), "--quiet", "--minutes", "0.5", "--tick-kimg", "0.5",
+        str(REPO / "tests/trainer/under_rated.py"), "train", "--data", str(faces_dir), "--preset", "tiny",
+        "--max-res", "8", "--out", str(out), "--cache-dir", str(cache_dir), "--quiet", "--minutes", "0.5",
+        "--tick-kimg", "0.5",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
