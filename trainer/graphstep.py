@@ -56,7 +56,7 @@ def check_graph_run(cfg: TrainConfig, device: torch.device, world: int) -> None:
 def networks(step: LoopStep) -> tuple[nn.Module, nn.Module, nn.Module]:
     """The three networks a step changes: G, D and G_ema, each the eager module (under --compile, c.G and c.D
     are compiled wrappers around the first two)."""
-    return step.G, step.c.D_eager if step.c.D_eager is not None else step.c.D, step.G_ema
+    return step.G, step.c.eager_D, step.G_ema
 
 
 def twin_step(step: LoopStep) -> LoopStep:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from trainer import losses
 from trainer.budget import Probe
 from trainer.checkpoint import CheckpointError, RunState, git_commit, net_config
-from trainer.config import NetConfig, Phase, TrainConfig, locate, schedule
+from trainer.config import NetConfig, Phase, TrainConfig, locate, phase_start_nimg, schedule
 from trainer.data import load_images, load_pyramid, zip_index
 from trainer.networks import blend, build_networks, downsample2x, fading, res_key, upsample2x
 from trainer.viz import plot_losses, save_grid, to_uint8
@@ -216,9 +216,14 @@ class StepContext:
     d: Dist
     D_eager: nn.Module | None = None  # with --compile: the uncompiled D, for the penalties' double backward
 
+    @property
+    def eager_D(self) -> nn.Module:
+        """D itself, never its compiled wrapper."""
+        return self.D_eager if self.D_eager is not None else self.D
+
     def penalty_critic(self, res: int, alpha: float | Tensor) -> Any:
         """D as the gradient penalty and R1 call it: never compiled (aot_autograd cannot double-backward)."""
-        D = self.D_eager if self.D_eager is not None else self.D
+        D = self.eager_D
         return lambda x: D(x, res, alpha)
 
     def net_alpha(self, alpha: float | Tensor) -> float | Tensor:
@@ -871,7 +876,7 @@ def train_loop(
     clock), which each row's wall_s counts from."""
     cfg, d = s.cfg, ctx.d
     started = time.monotonic() if started is None else started
-    total_nimg = int(round(sum(p.kimg for p in phases) * 1000))
+    total_nimg = phase_start_nimg(phases, len(phases))
     bar = tqdm(
         total=total_nimg,
         initial=s.cur_nimg,
@@ -912,7 +917,7 @@ def train_loop(
             if extra > 0:  # the plan ran faster than probed: the final stabilisation goes on
                 s.cfg = dataclasses.replace(s.cfg, extra_kimg=s.cfg.extra_kimg + extra)
                 phases = schedule(s.net, s.cfg)
-                total_nimg = int(round(sum(p.kimg for p in phases) * 1000))
+                total_nimg = phase_start_nimg(phases, len(phases))
                 bar.total = total_nimg
         max_steps = cfg.max_steps is not None and s.steps >= cfg.max_steps
         done = s.cur_nimg >= total_nimg or max_steps or out_of_time
