@@ -3,6 +3,7 @@ that grow, the packed checkpoint that a lease brings back, and bf16 autocast thr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -322,6 +323,67 @@ def test_packed_lease_checkpoint_round_trip(tiny_run: Path, tmp_path: Path) -> N
         text=True,
     )
     assert bad.returncode != 0 and "do not match" in bad.stderr
+
+
+def _script(name: str):  # a module from scripts/, which is not a package
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lease_carry_parts_fit_each_call() -> None:
+    carry = _script("gpu_carry")
+    limit, margin, tree, held = 20, 1, 5, 3  # early calls carry 2 bytes of checkout, the last one 5
+    assert carry.plan_parts(10, tree, held, limit, margin) == [10]  # fits beside the whole checkout
+    for archive in (15, 31, 32, 40, 100):
+        parts = carry.plan_parts(archive, tree, held, limit, margin)
+        assert sum(parts) == archive
+        assert all(tree - held + p <= limit - margin for p in parts[:-1])
+        assert tree + parts[-1] <= limit - margin
+        assert len(parts) - 1 == -(-(archive - (limit - margin - tree)) // (limit - margin - tree + held))
+    assert carry.plan_parts(40, tree, held, limit, margin) == [17, 17, 6]
+    with pytest.raises(carry.CarryError, match="checkout alone"):
+        carry.plan_parts(1, 25, 3, limit, margin)
+    with pytest.raises(carry.CarryError, match="no room"):
+        carry.plan_parts(30, 19, 0, limit, margin)
+
+
+def test_lease_carry_plan_joins_to_the_archive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    carry = _script("gpu_carry")
+    repo = tmp_path / "repo"
+    (repo / "models").mkdir(parents=True)
+    (repo / ".gitignore").write_text(".gpu/\n")
+    (repo / "models" / "weights.bin").write_bytes(bytes(6000))
+    (repo / "README.md").write_text("x" * 1000)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    archive = tmp_path / "faces.zip"
+    archive.write_bytes(np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    args = ["--repo", str(repo), "plan", str(archive), "--hold", "models/weights.bin"]
+    assert carry.main([*args, "--limit-mib", str(12000 / 2**20), "--margin-mib", "0"]) == 0
+    plan = json.loads((repo / ".gpu/lease/plan.json").read_text())
+    assert plan["tree"] == 7000 + len(".gpu/\n") and plan["held"] == 6000
+    # 10,994 bytes of archive beside the 1,006 that always travel, the rest in the second call, the last
+    # call with the held file and nothing of the archive left
+    assert [c["travels"] for c in plan["calls"]] == [12000, 1006 + 20000 - 10994, 7006]
+    parts = sorted((repo / ".gpu/lease").glob("c*/data.part*"))
+    assert b"".join(p.read_bytes() for p in parts) == archive.read_bytes()
+    digest, joined = (repo / ".gpu/lease/c3/data.sha256").read_text().split()
+    assert joined == "/tmp/faces.zip" and digest == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert "call 3" in capsys.readouterr().out
+
+    assert carry.main(["--repo", str(repo), "aside"]) == 0
+    assert not (repo / "models/weights.bin").exists() and (repo / ".gpu/hold/models/weights.bin").is_file()
+    assert carry.main([*args]) == 2  # planned again while set aside: says so
+    assert "run `back` first" in capsys.readouterr().err
+    assert carry.main(["--repo", str(repo), "back"]) == 0
+    assert carry.main(["--repo", str(repo), "back"]) == 0  # twice is harmless
+    assert (repo / "models/weights.bin").read_bytes() == bytes(6000)
+    assert carry.main([*args, "--limit-mib", str(5000 / 2**20)]) == 2
+    assert "checkout alone" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- CUDA paths, checked on CPU
