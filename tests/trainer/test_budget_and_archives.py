@@ -384,6 +384,9 @@ def test_lease_carry_plan_joins_to_the_archive(tmp_path: Path, capsys: pytest.Ca
     assert (repo / "models/weights.bin").read_bytes() == bytes(6000)
     assert carry.main([*args, "--limit-mib", str(5000 / 2**20)]) == 2
     assert "checkout alone" in capsys.readouterr().err
+    shutil.copy(archive, repo / "faces.zip")
+    assert carry.main(["--repo", str(repo), "plan", str(repo / "faces.zip")]) == 2
+    assert "would travel in every call" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- CUDA paths, checked on CPU
