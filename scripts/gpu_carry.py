@@ -72,9 +72,8 @@ def tree_bytes(repo: Path) -> int:
 def write_plan(repo: Path, archive: Path, hold: list[str], limit: int, margin: int) -> dict[str, Any]:
     if not archive.is_file():
         raise CarryError(f"no archive at {archive}: build it with `python -m trainer prepare-data`")
-    inside = archive.resolve().is_relative_to(repo)
-    ignored = subprocess.run(["git", "check-ignore", "-q", str(archive.resolve())], cwd=repo).returncode == 0
-    if inside and not ignored:
+    inside = archive.resolve().is_relative_to(repo)  # check-ignore fails on a path outside the checkout
+    if inside and subprocess.run(["git", "check-ignore", "-q", str(archive.resolve())], cwd=repo).returncode:
         raise CarryError(
             f"{archive} is in the checkout and not ignored, so it would travel in every call: move it to .gpu/"
         )
