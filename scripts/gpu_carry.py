@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                 repo, args.archive, args.hold, int(args.limit_mib * MIB), int(args.margin_mib * MIB)
             )
             print(f"checkout {plan['tree'] / MIB:.1f} MiB, of which held {plan['held'] / MIB:.1f} MiB")
+            n = len(plan["calls"])
             for i, call in enumerate(plan["calls"]):
-                n = len(plan["calls"])
                 before = "aside" if i == 0 else ("back" if i == n - 1 else None)
                 step = (
                     f"  (first: python scripts/gpu_carry.py {before})"

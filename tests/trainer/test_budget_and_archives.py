@@ -325,18 +325,9 @@ def test_packed_lease_checkpoint_round_trip(tiny_run: Path, tmp_path: Path) -> N
     assert bad.returncode != 0 and "do not match" in bad.stderr
 
 
-def _script(name: str):  # a module from scripts/, which is not a package
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_lease_carry_parts_fit_each_call() -> None:
-    carry = _script("gpu_carry")
+    from scripts import gpu_carry as carry
+
     limit, margin, tree, held = 20, 1, 5, 3  # early calls carry 2 bytes of checkout, the last one 5
     assert carry.plan_parts(10, tree, held, limit, margin) == [10]  # fits beside the whole checkout
     for archive in (15, 31, 32, 40, 100):
@@ -353,7 +344,8 @@ def test_lease_carry_parts_fit_each_call() -> None:
 
 
 def test_lease_carry_plan_joins_to_the_archive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    carry = _script("gpu_carry")
+    from scripts import gpu_carry as carry
+
     repo = tmp_path / "repo"
     (repo / "models").mkdir(parents=True)
     (repo / ".gitignore").write_text(".gpu/\n")

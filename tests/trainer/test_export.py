@@ -13,7 +13,6 @@ import torch
 
 from bench.train_throughput import first_pixel_norm
 from contract import Manifest, read_manifest
-from tests.conftest import REPO
 from trainer.cli import main
 from trainer.export import ChannelL2Norm, export_model
 from trainer.networks import PixelNorm
@@ -169,14 +168,8 @@ def test_downscale_serves_the_top_output_box_downscaled(
 def test_old_pixel_norm_graphs_are_rewritten_within_one_grey_level(
     exported, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import importlib.util
-
     import trainer.export as export
-
-    spec = importlib.util.spec_from_file_location("migrate", REPO / "scripts" / "pixelnorm_reducel2.py")
-    assert spec is not None and spec.loader is not None
-    migrate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migrate)
+    from scripts import pixelnorm_reducel2 as migrate
 
     monkeypatch.setattr(export, "onnx_friendly", lambda module, **_: module)  # export as before the change,
     monkeypatch.setattr(PixelNorm, "forward", lambda self, x: first_pixel_norm(x, self.eps))  # of that time
