@@ -65,12 +65,28 @@ def probe_throughput(
     channels_last: bool,
     warmup: int = 3,
     steps: int = 8,
+    deadline: float | None = None,
+    progress: bool = True,
 ) -> Probe:
     """Images/s of full training steps at each resolution of `phases` (mid-fade where it fades), and the
     seconds the first `warmup` + 1 steps took beyond that rate, measured on throw-away copies of G and D so
     that the run itself starts untouched. `images` is the run's own device copy of the data, so nothing is
-    uploaded twice."""
-    from trainer.loop import LoopStep, make_optimizer
+    uploaded twice. Raises BudgetError as soon as `deadline` (time.monotonic(); less the final save) has
+    passed: a probe slower than the budget (a large network on a CPU, compiling) stops there, not minutes
+    later. A single process checks after every step; ranks agree after each block of steps."""
+    from trainer.loop import LoopStep, any_rank, make_optimizer
+
+    began = time.monotonic()
+
+    def check_time(res: int, measured: int, every_step: bool = False) -> None:
+        if deadline is None or (every_step and ctx.d.world > 1):
+            return
+        if any_rank(time.monotonic() >= deadline - FINAL_SAVE_S, ctx.d, ctx.device):
+            raise BudgetError(
+                f"--minutes leaves no time to train: the budget ran out {time.monotonic() - began:.0f} s into "
+                f"the throughput probe, at {res}x{res} ({measured} of {len(todo)} resolutions measured); "
+                "nothing was trained or written. Give more minutes, a higher --start-res or a lower --max-res"
+            )
 
     G = copy.deepcopy(getattr(ctx.G, "_orig_mod", ctx.G))  # the eager module under a compiled one
     D = copy.deepcopy(getattr(ctx.D, "_orig_mod", ctx.D))
@@ -89,7 +105,7 @@ def probe_throughput(
     setup: dict[int, float] = {}
     first = {p.res: p for p in reversed(phases)}  # each resolution's first phase
     todo = [first[r] for r in sorted(first)]
-    bar = tqdm(todo, desc="throughput probe", unit="res", disable=not ctx.d.main, leave=False)
+    bar = tqdm(todo, desc="throughput probe", unit="res", disable=not (progress and ctx.d.main), leave=False)
     for p in bar:
         bar.set_postfix_str(f"{p.res}x{p.res}")
         alpha = 0.5 if p.kind == "fade" else 1.0
@@ -105,13 +121,17 @@ def probe_throughput(
         t = time.perf_counter()
         for _ in range(warmup + 1):  # with a graph: the warm-up steps, then the capture and its first replay
             step(alpha)
+            check_time(p.res, len(rates), every_step=True)
         _sync(ctx.device)
         warm = time.perf_counter() - t
+        check_time(p.res, len(rates))
         t = time.perf_counter()
         for _ in range(steps):
             step(alpha)
+            check_time(p.res, len(rates), every_step=True)
         _sync(ctx.device)
         took = time.perf_counter() - t
+        check_time(p.res, len(rates))
         rates[p.res] = batch * ctx.d.world * steps / took
         setup[p.res] = max(0.0, warm - (warmup + 1) * took / steps)
         del step

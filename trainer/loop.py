@@ -499,7 +499,7 @@ def _run(
 
     probe: Probe | None = None
     if deadline is not None and not continuing and net.arch == "progan":
-        probe, cfg = fit_to_deadline(ctx, phases, reals_on_device, deadline, grow_fraction, d)
+        probe, cfg = fit_to_deadline(ctx, phases, reals_on_device, deadline, grow_fraction, d, progress)
         phases, s.cfg, ctx = schedule(net, cfg), cfg, dataclasses.replace(ctx, cfg=cfg)
     if dry_run:  # the schedule (and the plan, with `minutes`) this run would follow; nothing written
         return describe_schedule(net, cfg, probe)
@@ -665,12 +665,19 @@ def fit_to_deadline(
     deadline: float,
     grow_fraction: float,
     d: Dist,
+    progress: bool = True,
 ) -> tuple[Probe, TrainConfig]:
     """A fresh run's schedule planned to end by `deadline` from a throughput probe on this machine
     (trainer/budget.py); every rank follows rank 0's plan, to the image, so phases switch together."""
-    from trainer.budget import plan_to_fit, probe_throughput
+    from trainer.budget import FINAL_SAVE_S, BudgetError, plan_to_fit, probe_throughput
 
-    probe = probe_throughput(ctx, phases, reals, ctx.cfg.channels_last and ctx.device.type == "cuda")
+    if any_rank(time.monotonic() >= deadline - FINAL_SAVE_S, d, ctx.device):
+        raise BudgetError(
+            "--minutes leaves no time to train: the budget ran out while loading the data, before the "
+            "throughput probe; nothing was trained or written. Give more minutes"
+        )
+    channels_last = ctx.cfg.channels_last and ctx.device.type == "cuda"
+    probe = probe_throughput(ctx, phases, reals, channels_last, deadline=deadline, progress=progress)
     seconds_left = deadline - time.monotonic()
     if d.world > 1:
         shared: list[Any] = [probe, seconds_left]

@@ -222,6 +222,36 @@ def test_minutes_too_short_for_the_first_phase(
     assert not out.exists() or not any(out.glob("*/checkpoint.pt"))
 
 
+def test_a_probe_slower_than_the_budget_stops_at_the_deadline(
+    faces_zip: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """A probe that takes longer than --minutes (a large network on a CPU, compiling on a GPU) stops when
+    the time is up with the message, rather than finishing every resolution first and then saying so."""
+    import time
+
+    import trainer.budget
+    from trainer.loop import LoopStep
+
+    step = LoopStep.__call__
+
+    def slow(self: LoopStep, alpha: float) -> object:
+        time.sleep(1.0)
+        return step(self, alpha)
+
+    monkeypatch.setattr(LoopStep, "__call__", slow)  # 12 steps a resolution: 36 s for 4, 8 and 16 px
+    monkeypatch.setattr(trainer.budget, "FINAL_SAVE_S", 0.0)
+    args = ["train", "--data", str(faces_zip), "--preset", "tiny", "--max-res", "16", "--quiet"]
+    out = tmp_path / "runs"
+    began = time.monotonic()
+    assert main([*args, "--out", str(out), "--cache-dir", str(cache_dir), "--minutes", "0.1"]) == 2
+    took = time.monotonic() - began
+    err = capsys.readouterr().err
+    assert "no time to train" in err and "into the throughput probe" in err, err
+    assert "throughput probe:" not in err  # --quiet: no probe bar either
+    assert took < 20, took  # the 6 s budget and a step past it, not the whole probe
+    assert not out.exists()
+
+
 def test_two_ranks_share_one_plan_and_one_deadline(faces_dir: Path, tmp_path: Path) -> None:
     """Under DDP every rank follows rank 0's plan and all stop at the same step when time is up (a rank
     that stopped alone would leave the others hanging in an all-reduce); with a probe that under-rates the
