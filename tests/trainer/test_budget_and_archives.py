@@ -223,13 +223,17 @@ def test_minutes_too_short_for_the_first_phase(
 
 
 def test_a_probe_slower_than_the_budget_stops_at_the_deadline(
-    faces_zip: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+    faces_zip: Path,
+    cache_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A probe that takes longer than --minutes (a large network on a CPU, compiling on a GPU) stops when
     the time is up with the message, rather than finishing every resolution first and then saying so."""
     import time
 
-    import trainer.budget
+    import trainer.budget as budget
     from trainer.loop import LoopStep
 
     step = LoopStep.__call__
@@ -239,7 +243,7 @@ def test_a_probe_slower_than_the_budget_stops_at_the_deadline(
         return step(self, alpha)
 
     monkeypatch.setattr(LoopStep, "__call__", slow)  # 12 steps a resolution: 36 s for 4, 8 and 16 px
-    monkeypatch.setattr(trainer.budget, "FINAL_SAVE_S", 0.0)
+    monkeypatch.setattr(budget, "FINAL_SAVE_S", 0.0)
     args = ["train", "--data", str(faces_zip), "--preset", "tiny", "--max-res", "16", "--quiet"]
     out = tmp_path / "runs"
     began = time.monotonic()
