@@ -74,14 +74,14 @@ def probe_throughput(
     uploaded twice. Raises BudgetError as soon as `deadline` (time.monotonic(); less the final save) has
     passed: a probe slower than the budget (a large network on a CPU, compiling) stops there, not minutes
     later. A single process checks after every step; ranks agree after each block of steps."""
-    from trainer.loop import LoopStep, any_rank, make_optimizer
+    from trainer.loop import LoopStep, make_optimizer, past_deadline
 
     began = time.monotonic()
 
     def check_time(res: int, measured: int, every_step: bool = False) -> None:
         if deadline is None or (every_step and ctx.d.world > 1):
             return
-        if any_rank(time.monotonic() >= deadline - FINAL_SAVE_S, ctx.d, ctx.device):
+        if past_deadline(deadline - FINAL_SAVE_S, ctx.d, ctx.device):
             raise BudgetError(
                 f"--minutes leaves no time to train: the budget ran out {time.monotonic() - began:.0f} s into "
                 f"the throughput probe, at {res}x{res} ({measured} of {len(todo)} resolutions measured); "

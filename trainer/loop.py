@@ -88,6 +88,11 @@ def any_rank(flag: bool, d: Dist, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def past_deadline(deadline: float, d: Dist, device: torch.device) -> bool:
+    """Whether time.monotonic() has reached `deadline` on any rank, so that every rank stops together."""
+    return any_rank(time.monotonic() >= deadline, d, device)
+
+
 def rank_rng_states(gen: torch.Generator, d: Dist) -> list[Tensor]:
     """Every rank's generator state, in rank order (one small all-gather; each rank draws its own reals, z,
     mixing factors and flips, so a resume must give each rank its own state back)."""
@@ -671,7 +676,7 @@ def fit_to_deadline(
     (trainer/budget.py); every rank follows rank 0's plan, to the image, so phases switch together."""
     from trainer.budget import FINAL_SAVE_S, BudgetError, plan_to_fit, probe_throughput
 
-    if any_rank(time.monotonic() >= deadline - FINAL_SAVE_S, d, ctx.device):
+    if past_deadline(deadline - FINAL_SAVE_S, d, ctx.device):
         raise BudgetError(
             "--minutes leaves no time to train: the budget ran out while loading the data, before the "
             "throughput probe; nothing was trained or written. Give more minutes"
@@ -918,7 +923,7 @@ def train_loop(
         bar.update(batch * d.world)
 
         if deadline is not None and (d.world == 1 or s.steps % 50 == 0):  # ranks agree every 50 steps
-            out_of_time = any_rank(time.monotonic() >= deadline, d, ctx.device)
+            out_of_time = past_deadline(deadline, d, ctx.device)
         if to_deadline and deadline is not None and s.cur_nimg >= total_nimg and not out_of_time:
             extra = deadline_extension(s, phase_clock, deadline, batch * d.world, d)
             if extra > 0:  # the plan ran faster than probed: the final stabilisation goes on
