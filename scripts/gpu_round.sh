@@ -9,7 +9,8 @@
 # GRAPH=1 trains the first attempt with --cuda-graph (each phase's step replayed from one CUDA graph, checked
 # against the eager step, eager where it differs); COMPILE=1 adds --compile (each phase's first steps compile G
 # and D; with GRAPH=1 the graph then replays the compiled kernels). If the first attempt fails early, a
-# second runs in fp32 NCHW, eagerly and uncompiled, with whatever time is left.
+# second runs with whatever time is left: without the graph and the compiler when either was on (the
+# arguments' precision and layout kept), else in fp32 NCHW.
 set -uo pipefail
 t0=$(date +%s)
 : "${OUT:?set OUT}" "${DATA:?set DATA to an archive from prepare-data}"
@@ -40,8 +41,14 @@ fast=()
 attempt "${fast[@]}" "$@"
 rc=$?
 if [ $rc -ne 0 ] && [ $(($(date +%s) - t0)) -lt $((END_S / 3)) ]; then
-    echo "== first attempt failed (rc $rc): again in fp32, NCHW"
-    attempt --amp off --no-channels-last "$@"
+    if [ ${#fast[@]} -gt 0 ]; then
+        # the step rounds 2-3 trained with (the arguments' precision and layout), without the graph or compiler
+        echo "== first attempt failed (rc $rc): again without ${fast[*]}"
+        attempt "$@"
+    else
+        echo "== first attempt failed (rc $rc): again in fp32, NCHW"
+        attempt "$@" --amp off --no-channels-last # last on the line, so they override the arguments'
+    fi
     rc=$?
 fi
 
