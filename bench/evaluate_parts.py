@@ -1,7 +1,7 @@
 """Where `trainer evaluate` spends its time on the generated side, per resolution: generating with the
-model's ONNX graph, NVIDIA's Inception features, the face detector, and MS-SSIM of consecutive pairs, the
-last with its Gaussian blur as now (separable shifted sums) and as before (a float64 depthwise conv2d),
-in the same process on the same images.
+model's ONNX graph, NVIDIA's Inception features (now: onnxruntime, exported from the TorchScript; before:
+the TorchScript), the face detector, and MS-SSIM of consecutive pairs (its Gaussian blur now as separable
+shifted sums, before as a float64 depthwise conv2d): before and now in the same process on the same images.
 
     python -m bench.evaluate_parts                         # models/celeba at 64, 128 and 256, 32 images
     python -m bench.evaluate_parts --res 256 --batch 32 --repeat 3
@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -51,12 +52,21 @@ def median_seconds(fn: Callable[[], object], repeat: int) -> float:
 
 
 def row(
-    model: Sampler, inception: Inception, detector: FaceDetector, res: int, batch: int, repeat: int
+    model: Sampler,
+    inceptions: tuple[Inception, Inception],
+    detector: FaceDetector,
+    res: int,
+    batch: int,
+    repeat: int,
 ) -> str:
-    """One table row: seconds a batch of each part at `res`, the two blurs timed on the same images."""
+    """One table row: seconds a batch of each part at `res`, before and now timed on the same images."""
+    script, exported = inceptions
     images = next(sample_batches(model, batch, res, batch, seed=1))
     gen = median_seconds(lambda: next(sample_batches(model, batch, res, batch, seed=2)), repeat)
-    inc = median_seconds(lambda: inception.features(images), repeat)
+    inc_before = median_seconds(lambda: script.features(images), repeat)
+    inc_now = median_seconds(lambda: exported.features(images), repeat)
+    f_want = script.features(images)
+    f_diff = float(np.abs(exported.features(images) - f_want).max()) / max(1.0, float(np.abs(f_want).max()))
     faces = median_seconds(lambda: detector.count(images), repeat)
     pairs = batch // 2
     now_blur = ms._blur
@@ -69,10 +79,11 @@ def row(
     now = median_seconds(lambda: ms.consecutive_pairs(images, pairs), repeat)
     diff = float((ms.consecutive_pairs(images, pairs) - want).abs().max())
     per_10k = 10_000 / batch / 60
-    rest = gen + inc + faces
+    rest = gen + faces
     return (
-        f"| {res} | {gen:.2f} | {inc:.2f} | {faces:.2f} | {before:.2f} | {now:.2f} | {now / before:.2f}x "
-        f"| {diff:.0e} | {(rest + before) * per_10k:.0f} → {(rest + now) * per_10k:.0f} |"
+        f"| {res} | {gen:.2f} | {inc_before:.2f} | {inc_now:.2f} | {inc_now / inc_before:.2f}x | {f_diff:.0e} "
+        f"| {faces:.2f} | {before:.2f} | {now:.2f} | {now / before:.2f}x | {diff:.0e} "
+        f"| {(rest + inc_before + before) * per_10k:.0f} → {(rest + inc_now + now) * per_10k:.0f} |"
     )
 
 
@@ -85,18 +96,23 @@ def main() -> None:
     a = ap.parse_args()
 
     model = open_model(a.model, "cpu")
-    inception = load_inception(None, "cpu")
+    inceptions = (load_inception(runtime="torch"), load_inception(runtime="auto"))
+    if inceptions[1].session is None:
+        raise SystemExit(
+            "the Inception network did not run in onnxruntime here (see the log): nothing to compare"
+        )
     detector = FaceDetector(DetectorParams())
     threads = torch.get_num_threads()
     print(f"model {a.model}, {a.batch} images a batch, CPU threads {threads}; seconds a batch")
     head = (
-        "| res | generate | Inception | faces | MS-SSIM, conv (before) | MS-SSIM, shifted sums (now) "
-        "| MS-SSIM now / before | equal to | 10k samples, minutes before → now |"
+        "| res | generate | Inception, TorchScript (before) | Inception, onnxruntime (now) | now / before "
+        "| features equal to (relative) | faces | MS-SSIM, conv (before) | MS-SSIM, shifted sums (now) "
+        "| now / before | MS-SSIM equal to | 10k samples, minutes before → now |"
     )
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for res in (int(r) for r in a.res.split(",")):
-        print(row(model, inception, detector, res, a.batch, a.repeat), flush=True)
+        print(row(model, inceptions, detector, res, a.batch, a.repeat), flush=True)
 
 
 if __name__ == "__main__":

