@@ -173,14 +173,16 @@ def exported_session(net: torch.jit.ScriptModule, sha256: str, cache_dir: Path) 
             session = ort.InferenceSession(str(f), providers=["CPUExecutionProvider"])
             (got,) = session.run(None, {"x": x.numpy()})
             error = float(np.abs(got - want).max()) / max(1.0, float(np.abs(want).max()))
-        except (
-            Exception
-        ) as e:  # the exporter and onnxruntime raise many kinds; any of them: try again or TorchScript
+        # the exporter and onnxruntime raise many kinds of exception; any of them: export again or TorchScript
+        except Exception as e:
             problem = f"{type(e).__name__}: {e}"
         else:
             if error <= EXPORT_TOLERANCE:
                 return session, error
-            problem = f"its features differ from the TorchScript's by {error:.1e} (relative), over {EXPORT_TOLERANCE:.0e}"
+            problem = (
+                f"its features differ from the TorchScript's by {error:.1e} (relative), "
+                f"over {EXPORT_TOLERANCE:.0e}"
+            )
         if fresh:
             break
     log.warning(
