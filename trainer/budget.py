@@ -88,6 +88,17 @@ def probe_throughput(
                 "nothing was trained or written. Give more minutes, a higher --start-res or a lower --max-res"
             )
 
+    def timed(step: Any, alpha: float, res: int, n: int) -> float:
+        """Seconds of `n` steps to the device's last kernel, the deadline checked as check_time says."""
+        t = time.perf_counter()
+        for _ in range(n):
+            step(alpha)
+            check_time(res, len(rates), every_step=True)
+        _sync(ctx.device)
+        took = time.perf_counter() - t
+        check_time(res, len(rates))
+        return took
+
     G = copy.deepcopy(getattr(ctx.G, "_orig_mod", ctx.G))  # the eager module under a compiled one
     D = copy.deepcopy(getattr(ctx.D, "_orig_mod", ctx.D))
     G_ema = copy.deepcopy(G).requires_grad_(False)
@@ -118,20 +129,9 @@ def probe_throughput(
             from trainer.graphstep import GraphedStep
 
             step = GraphedStep(step, p.kind == "fade", warmup=warmup, check=False, verbose=False)
-        t = time.perf_counter()
-        for _ in range(warmup + 1):  # with a graph: the warm-up steps, then the capture and its first replay
-            step(alpha)
-            check_time(p.res, len(rates), every_step=True)
-        _sync(ctx.device)
-        warm = time.perf_counter() - t
-        check_time(p.res, len(rates))
-        t = time.perf_counter()
-        for _ in range(steps):
-            step(alpha)
-            check_time(p.res, len(rates), every_step=True)
-        _sync(ctx.device)
-        took = time.perf_counter() - t
-        check_time(p.res, len(rates))
+        # with a graph the warm-up steps, then the capture and its first replay
+        warm = timed(step, alpha, p.res, warmup + 1)
+        took = timed(step, alpha, p.res, steps)
         rates[p.res] = batch * ctx.d.world * steps / took
         setup[p.res] = max(0.0, warm - (warmup + 1) * took / steps)
         del step

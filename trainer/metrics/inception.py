@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainer.metrics.real_cache import default_cache_dir
+
 log = logging.getLogger(__name__)
 
 FEATURE_DIM = 2048
@@ -216,8 +218,6 @@ def load_inception(
     net = net.eval().to(dev)
     inception = Inception(net, p, file_digest(p), dev)
     if runtime == "auto" and dev.type == "cpu":
-        from trainer.metrics.real_cache import default_cache_dir
-
         found = exported_session(net, inception.sha256, Path(cache_dir) if cache_dir else default_cache_dir())
         if found is not None:
             inception.session, inception.session_error = found
