@@ -51,14 +51,14 @@ class Measuring:
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> Measuring:
         return cls(
-            a.batch,
-            a.device,
-            a.inception,
-            a.cache_dir,
-            a.data_cache_dir,
-            a.seed,
-            not a.quiet,
-            a.inception_runtime,
+            batch=a.batch,
+            device=a.device,
+            inception_path=a.inception,
+            cache_dir=a.cache_dir,
+            data_cache_dir=a.data_cache_dir,
+            seed=a.seed,
+            progress=not a.quiet,
+            inception_runtime=a.inception_runtime,
         )
 
     def checked(self, num: int) -> Measuring:
