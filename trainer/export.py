@@ -11,9 +11,12 @@ import logging
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import onnx
@@ -37,10 +40,16 @@ if TYPE_CHECKING:
     from contract.manifest import Manifest
 
 log = logging.getLogger(__name__)
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 OPSET = 18
 INPUT, OUTPUT = "z", "image"
 WEIGHTS_FILE = "weights.bin"
+# images a torch pass of the export runs at once on the CPU: one. The largest activation of one 256 px image
+# (8 MiB) stays under glibc's mmap threshold (32 MiB at most), so freed activations are reused from the
+# heap; at 128 images each one was a fresh mmap whose pages the kernel faulted in and zeroed again, as much
+# system time as compute (bench/export_passes.py: 2.3x faster at 256 px on two cores)
+CPU_CHUNK = 1
 
 
 # ---------------------------------------------------------------------------- graphs
@@ -85,53 +94,69 @@ class ExportedGenerator(nn.Module):
         return to_uint8_nhwc(img.float())
 
 
-class TopImages:
-    """G's top-resolution images of seeded latents, computed once for every lower resolution (the top
-    network is most of an export's time)."""
+@contextmanager
+def tapped(G: Generator, resolutions: Iterable[int]) -> Iterator[dict[int, Tensor]]:
+    """The features G's blocks at `resolutions` output, caught (forward hooks) while G runs in the block."""
+    taps: dict[int, Tensor] = {}
 
-    def __init__(self, G: Generator, top: int, alpha: float) -> None:
-        self.G, self.top, self.alpha = G, top, alpha
-        self._cache: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+    def keep(r: int, _module: nn.Module, _inputs: Any, out: Tensor) -> None:
+        taps[r] = out
+
+    handles = [G.blocks[res_key(r)].register_forward_hook(partial(keep, r)) for r in resolutions]
+    try:
+        yield taps
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class TopPass:
+    """G at its top resolution on seeded latents, a chunk at a time, with the features of lower resolutions
+    tapped on the way: one pass gives both the targets (the top image downscaled) and the inputs (the
+    features) of every lower resolution's head. The top network is most of an export's time; cutting G at
+    each lower resolution and running it again cost one and a half top passes more
+    (docs/benchmarks.md, "Export")."""
+
+    def __init__(self, G: Generator, top: int, alpha: float, chunk: int = CPU_CHUNK) -> None:
+        self.G, self.top, self.alpha, self.chunk = G, top, alpha, chunk
 
     @torch.no_grad()
-    def get(self, num: int, seed: int) -> tuple[Tensor, Tensor]:
-        """(z [num, z_dim], images [num, 3, top, top])."""
-        if (num, seed) not in self._cache:
-            z = torch.randn(num, self.G.z_dim, generator=torch.Generator().manual_seed(seed))
-            imgs = torch.cat([self.G(zc, self.top, self.alpha) for zc in z.split(128)])
-            self._cache[(num, seed)] = (z, imgs)
-        return self._cache[(num, seed)]
+    def run(self, num: int, seed: int, taps: list[int]) -> Iterator[tuple[Tensor, dict[int, Tensor]]]:
+        """Per chunk of the seeded z [num, z_dim]: (top images [n, 3, top, top], {r: features [n, C, r, r]})."""
+        z = torch.randn(num, self.G.z_dim, generator=torch.Generator().manual_seed(seed))
+        for zc in z.split(self.chunk):
+            with tapped(self.G, taps) as feats:
+                imgs = self.G(zc, self.top, self.alpha)
+            yield imgs, feats
 
 
 @torch.no_grad()
-def fit_heads(
-    tops: TopImages, resolutions: list[int], num: int = 1024, seed: int = 0
-) -> dict[int, nn.Module]:
+def fit_heads(tops: TopPass, resolutions: list[int], num: int = 1024, seed: int = 0) -> dict[int, nn.Module]:
     """Refit a 1x1 toRGB head per lower resolution by least squares, so that G cut at `r` reproduces the
     final `top` output box-downscaled to `r`: one z then gives the same face at every resolution."""
     G, top = tops.G, tops.top
-    z, full = tops.get(num, seed)
-    heads: dict[int, nn.Module] = {}
-    for r in resolutions:
-        if r >= top:
-            continue
-        # the normal equations summed chunk by chunk: every pixel of every image is one row (4.2 M rows at
-        # 64 px under a 128 px model), which as one matrix took gigabytes; the sums take (C + 1)^2 numbers
-        ch = G.cfg.nf(r)
-        xtx = torch.zeros(ch + 1, ch + 1, dtype=torch.float64)
-        xty = torch.zeros(ch + 1, 3, dtype=torch.float64)
-        rows = 0
-        for zc, fc in zip(z.split(128), full.split(128), strict=True):
-            feat, _ = G.features(zc, r)  # [n, C, r, r]
-            target = F.avg_pool2d(fc, top // r)  # [n, 3, r, r]
+    lower = [r for r in resolutions if r < top]
+    if not lower:
+        return {}
+    # the normal equations summed chunk by chunk: every pixel of every image is one row (4.2 M rows at
+    # 64 px under a 128 px model), which as one matrix took gigabytes; the sums take (C + 1)^2 numbers
+    xtx = {r: torch.zeros(G.cfg.nf(r) + 1, G.cfg.nf(r) + 1, dtype=torch.float64) for r in lower}
+    xty = {r: torch.zeros(G.cfg.nf(r) + 1, 3, dtype=torch.float64) for r in lower}
+    rows = dict.fromkeys(lower, 0)
+    for full, feats in tops.run(num, seed, lower):
+        for r in lower:
+            feat = feats[r]  # [n, C, r, r]
+            target = F.avg_pool2d(full, top // r)  # [n, 3, r, r]
             X = feat.permute(0, 2, 3, 1).reshape(-1, feat.shape[1]).double()
             X1 = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], dim=1)
-            xtx += X1.T @ X1
-            xty += X1.T @ target.permute(0, 2, 3, 1).reshape(-1, 3).double()
-            rows += len(X1)
-        ridge = 1e-4 * torch.eye(ch + 1, dtype=torch.float64) * rows
-        W = torch.linalg.solve(xtx + ridge, xty)  # [C + 1, 3]
-        head = nn.Conv2d(ch, 3, 1)
+            xtx[r] += X1.T @ X1
+            xty[r] += X1.T @ target.permute(0, 2, 3, 1).reshape(-1, 3).double()
+            rows[r] += len(X1)
+    heads: dict[int, nn.Module] = {}
+    for r in lower:
+        ridge = 1e-4 * torch.eye(len(xtx[r]), dtype=torch.float64) * rows[r]
+        W = torch.linalg.solve(xtx[r] + ridge, xty[r])  # [C + 1, 3]
+        head = nn.Conv2d(G.cfg.nf(r), 3, 1)
         head.weight.copy_(W[:-1].T.reshape(3, -1, 1, 1).float())
         head.bias.copy_(W[-1].float())  # type: ignore[union-attr]
         heads[r] = head
@@ -139,21 +164,34 @@ def fit_heads(
 
 
 @torch.no_grad()
-def consistency(tops: TopImages, r: int, head: nn.Module | None, num: int = 256, seed: int = 1) -> float:
-    """Mean absolute difference (grey levels) between the `r` image of z and the `top` image of z downscaled."""
-    z, full = tops.get(num, seed)
-    small = ExportedGenerator(tops.G, r, 1.0, head)(z).float()  # [N, r, r, 3] grey levels
-    big = to_uint8_nhwc(F.avg_pool2d(full, tops.top // r)).float()
-    return float((small - big).abs().mean())
-
-
-@torch.no_grad()
-def consistency_baseline(tops: TopImages, r: int, num: int = 256, seed: int = 1) -> float:
-    """The same distance between two different z (what 'a different face' looks like)."""
-    _, full = tops.get(num, seed)
-    a = to_uint8_nhwc(F.avg_pool2d(full[: num // 2], tops.top // r)).float()
-    b = to_uint8_nhwc(F.avg_pool2d(full[num // 2 :], tops.top // r)).float()
-    return float((a - b).abs().mean())
+def consistency(
+    tops: TopPass, heads: dict[str, dict[int, nn.Module]], num: int = 256, seed: int = 1
+) -> dict[str, dict[str, float]]:
+    """Per lower resolution `r` (the keys of each entry of `heads`): the mean absolute difference (grey
+    levels) between the `r` image of z through each named set of heads and the `top` image of z downscaled
+    to `r`, and "different_z", the same distance between the downscaled top images of two different z
+    (what 'a different face' looks like)."""
+    lower = sorted({r for named in heads.values() for r in named})
+    if not lower:
+        return {}
+    sums = {r: dict.fromkeys(heads, 0.0) for r in lower}
+    bigs: dict[int, list[Tensor]] = {r: [] for r in lower}
+    for full, feats in tops.run(num, seed, lower):
+        for r in lower:
+            big = to_uint8_nhwc(F.avg_pool2d(full, tops.top // r)).float()
+            bigs[r].append(big)
+            for name, named in heads.items():
+                small = to_uint8_nhwc(named[r](feats[r]).float()).float()
+                sums[r][name] += float((small - big).abs().sum(dtype=torch.float64))
+    report = {}
+    for r in lower:
+        big = torch.cat(bigs[r])
+        a, b = big[: num // 2], big[num // 2 :]
+        report[str(r)] = {
+            **{name: total / big.numel() for name, total in sums[r].items()},
+            "different_z": float((a - b).abs().mean()),
+        }
+    return report
 
 
 class ChannelL2Norm(nn.Module):
@@ -178,15 +216,22 @@ class ChannelL2Norm(nn.Module):
         return x / (norm * x.shape[1] ** -0.5 + self.eps)
 
 
-def onnx_friendly(module: nn.Module, fused_up: bool = False) -> nn.Module:
-    """A copy with every PixelNorm replaced by its ChannelL2Norm form and G's up-sampling convs in their
-    plain form (Resize then Conv), or with `fused_up` as one stride-2 ConvTranspose each
-    (EqualizedConv2d.up2: the same function, 2.25x fewer FLOPs in those convs, no up-sampled copy; what
-    `export_model` writes by default); the module itself is untouched."""
+def with_up(module: ModuleT, fused_up: bool) -> ModuleT:
+    """A copy with G's up-sampling convs in their plain form (up-sample then conv), or with `fused_up` as one
+    stride-2 transposed conv each (EqualizedConv2d.up2: the same function, 2.25x fewer FLOPs in those convs,
+    no up-sampled copy); the module itself is untouched."""
     module = copy.deepcopy(module)
     for block in module.modules():
         if isinstance(block, GBlock):
             block.fused = fused_up
+    return module
+
+
+def onnx_friendly(module: nn.Module, fused_up: bool = False) -> nn.Module:
+    """A copy with every PixelNorm replaced by its ChannelL2Norm form and G's up-sampling convs as
+    `with_up` writes them (`fused_up` is what `export_model` writes by default); the module itself is
+    untouched."""
+    module = with_up(module, fused_up)
     for parent in list(module.modules()):
         for name, child in parent.named_children():
             if isinstance(child, PixelNorm):
@@ -312,8 +357,8 @@ def fp16_storage_error(
 ) -> tuple[float, int]:
     """Largest grey-level change that storing the weights as fp16 causes at `res` (honest size trade-off)."""
     z = torch.randn(num, z_dim, generator=torch.Generator().manual_seed(2))
-    a = to_uint8_nhwc(G32(z, res)).int()
-    b = to_uint8_nhwc(G16(z, res)).int()
+    a = torch.cat([to_uint8_nhwc(G32(zc, res)) for zc in z.split(CPU_CHUNK)]).int()
+    b = torch.cat([to_uint8_nhwc(G16(zc, res)) for zc in z.split(CPU_CHUNK)]).int()
     return float((a - b).abs().float().mean()), int((a - b).abs().max())
 
 
@@ -437,19 +482,15 @@ def export_model(
     report: dict[str, Any] = {"method": "single resolution" if lg.arch == "dcgan" else consistency_method}
     if lg.arch == "progan" and len(trained) > 1:
         assert isinstance(G, Generator)
-        tops = TopImages(G, top, alpha)
+        # the torch passes run G's up-sampling as the graphs do (the same function either way; fused is
+        # 1.3x faster on the CPU)
+        tops = TopPass(with_up(G, up == "fused"), top, alpha)
         heads = fit_heads(tops, wanted)
         for h in heads.values():
             round_weights_fp16(h)
-        per_res = {}
-        for r in wanted:
-            if r >= top:
-                continue
-            per_res[str(r)] = {
-                "refit_torgb": round(consistency(tops, r, heads[r]), 3),
-                "cut_original_torgb": round(consistency(tops, r, G.to_rgb[res_key(r)]), 3),
-                "different_z": round(consistency_baseline(tops, r), 3),
-            }
+        cut = {r: tops.G.to_rgb[res_key(r)] for r in heads}
+        measured = consistency(tops, {"refit_torgb": heads, "cut_original_torgb": cut})
+        per_res = {r: {k: round(v, 3) for k, v in dist.items()} for r, dist in measured.items()}
         report.update(
             top=top,
             mean_abs_diff_grey_levels=per_res,
@@ -487,7 +528,9 @@ def export_model(
             onnx.checker.check_model(str(tmp / fname), full_check=True)
             files[r] = FileEntry.of(tmp / fname)
         st = lg.state
-        mean_err, max_err = fp16_storage_error(G32, G, top, lg.z_dim)
+        mean_err, max_err = fp16_storage_error(
+            with_up(G32, up == "fused"), with_up(G, up == "fused"), top, lg.z_dim
+        )
         weights = WeightsEntry.of(
             tmp / WEIGHTS_FILE,
             dtype="float16",

@@ -13,9 +13,10 @@ import torch
 
 from bench.train_throughput import first_pixel_norm
 from contract import Manifest, read_manifest
+from trainer.checkpoint import load_generator
 from trainer.cli import main
-from trainer.export import ChannelL2Norm, export_model
-from trainer.networks import PixelNorm
+from trainer.export import ChannelL2Norm, TopPass, export_model, with_up
+from trainer.networks import GBlock, PixelNorm
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,27 @@ def test_same_seed_same_face_across_resolutions(exported) -> None:
     for res, d in rep["mean_abs_diff_grey_levels"].items():
         assert d["refit_torgb"] < d["cut_original_torgb"], res
         assert d["refit_torgb"] < d["different_z"], res
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_top_pass_taps_what_the_cut_generator_computes(tiny_run: Path, chunk: int) -> None:
+    """The features caught on the top pass are G cut at each lower resolution and run again (what the
+    export's heads are fitted to); the top images are G's; the pass leaves no hook behind, and the fused
+    up-sampling gives the same images."""
+    G = load_generator(tiny_run).G
+    z = torch.randn(5, G.z_dim, generator=torch.Generator().manual_seed(3))
+    got = list(TopPass(G, 16, 0.5, chunk=chunk).run(5, 3, [4, 8]))
+    imgs = torch.cat([img for img, _ in got])
+    assert torch.allclose(imgs, G(z, 16, 0.5), atol=1e-5)
+    for r in (4, 8):
+        assert torch.allclose(torch.cat([f[r] for _, f in got]), G.features(z, r)[0], atol=1e-5)
+        assert 16 not in got[0][1]
+    assert all(not b._forward_hooks for b in G.modules() if isinstance(b, GBlock))
+    fused = with_up(G, True)
+    assert all(b.fused for b in fused.modules() if isinstance(b, GBlock) and b.res > 4)
+    assert not any(b.fused for b in G.modules() if isinstance(b, GBlock))  # a copy: G untouched
+    fused_imgs = torch.cat([img for img, _ in TopPass(fused, 16, 0.5, chunk=chunk).run(5, 3, [])])
+    assert torch.allclose(fused_imgs, imgs, atol=1e-4)
 
 
 def test_export_cli_and_bad_input(tiny_run: Path, tmp_path: Path, capsys) -> None:
