@@ -48,7 +48,7 @@ WEIGHTS_FILE = "weights.bin"
 # images a torch pass of the export runs at once on the CPU: one. The largest activation of one 256 px image
 # (8 MiB) stays under glibc's mmap threshold (32 MiB at most), so freed activations are reused from the
 # heap; at 128 images each one was a fresh mmap whose pages the kernel faulted in and zeroed again, as much
-# system time as compute (bench/export_passes.py: 2.3x faster at 256 px on two cores)
+# system time as compute (bench/export_passes.py, 256 px model, two cores: 28.3 s -> 15.2 s for 128 latents)
 CPU_CHUNK = 1
 
 
@@ -96,7 +96,8 @@ class ExportedGenerator(nn.Module):
 
 @contextmanager
 def tapped(G: Generator, resolutions: Iterable[int]) -> Iterator[dict[int, Tensor]]:
-    """The features G's blocks at `resolutions` output, caught (forward hooks) while G runs in the block."""
+    """The outputs of G's blocks at `resolutions`, caught by forward hooks whenever G runs inside the `with`
+    block (the latest run's); the hooks are removed on leaving it."""
     taps: dict[int, Tensor] = {}
 
     def keep(r: int, _module: nn.Module, _inputs: Any, out: Tensor) -> None:
@@ -115,7 +116,7 @@ class TopPass:
     tapped on the way: one pass gives both the targets (the top image downscaled) and the inputs (the
     features) of every lower resolution's head. The top network is most of an export's time; cutting G at
     each lower resolution and running it again cost one and a half top passes more
-    (docs/benchmarks.md, "Export")."""
+    (docs/benchmarks.md, "After a round: the export")."""
 
     def __init__(self, G: Generator, top: int, alpha: float, chunk: int = CPU_CHUNK) -> None:
         self.G, self.top, self.alpha, self.chunk = G, top, alpha, chunk
