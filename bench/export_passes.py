@@ -66,7 +66,7 @@ def cut_and_rerun(G: Generator, top: int, alpha: float, num: int, lower: list[in
     return imgs[:4].clone(), feats[lower[-1]][:4].clone()
 
 
-def tapped(
+def tapped_pass(
     G: Generator, top: int, alpha: float, num: int, lower: list[int], chunk: int
 ) -> tuple[Tensor, Tensor]:
     """The export's pass now: the top network once, each lower resolution's features caught on the way."""
@@ -96,14 +96,14 @@ def main() -> None:
             "before: cut and rerun, 128 at once, plain up",
             lambda: cut_and_rerun(plain, top, alpha, a.num, lower),
         ),
-        ("tapped, 128 at once, plain up", lambda: tapped(plain, top, alpha, a.num, lower, 128)),
+        ("tapped, 128 at once, plain up", lambda: tapped_pass(plain, top, alpha, a.num, lower, 128)),
         (
             f"tapped, {CPU_CHUNK} at once, plain up",
-            lambda: tapped(plain, top, alpha, a.num, lower, CPU_CHUNK),
+            lambda: tapped_pass(plain, top, alpha, a.num, lower, CPU_CHUNK),
         ),
         (
             f"tapped, {CPU_CHUNK} at once, fused up (now)",
-            lambda: tapped(fused, top, alpha, a.num, lower, CPU_CHUNK),
+            lambda: tapped_pass(fused, top, alpha, a.num, lower, CPU_CHUNK),
         ),
     ]
     print(
