@@ -12,6 +12,7 @@ import os
 import pickle
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
 CIFAR_ALIASES = {"car": "automobile", "cars": "automobile", "plane": "airplane"}
 CELEBA_CROP = 140 / 178  # the usual centred face crop of CelebA's aligned 178x218 images
 CACHE_VERSION = 1
+# what to do about an archive that is cut short or damaged: it is made locally, or carried to a GPU in parts
+REMAKE_ARCHIVE = (
+    "make it again with prepare-data, or, if it was carried in parts, join every part in order and compare "
+    "the joined file's sha256 with the original's"
+)
 
 
 class DataError(ValueError):
@@ -92,13 +98,28 @@ def find_source(path: str | Path, cifar_class: str | None = None) -> Source:
     return Source(p, kind, files)
 
 
+def open_zip(path: Path) -> zipfile.ZipFile:
+    """The archive open for reading; DataError if it is not a zip (a copy cut short reads so)."""
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{path} is not a readable zip archive ({e}); {REMAKE_ARCHIVE}") from e
+
+
+def read_member(zf: zipfile.ZipFile, path: Path, name: str) -> bytes:
+    """One member's bytes; DataError naming it where the archive is damaged (a bad CRC, a missing part)."""
+    try:
+        return zf.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise DataError(
+            f"{path}: member {name} cannot be read ({e}): the archive is damaged; {REMAKE_ARCHIVE}"
+        ) from e
+
+
 def zip_members(path: Path) -> list[str]:
     """The image entries of a zip archive, sorted; DataError if it is not a zip or holds none."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in IMAGE_EXTS)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DataError(f"{path} is not a readable zip archive: {e}") from e
+    with open_zip(path) as zf:
+        names = sorted(n for n in zf.namelist() if Path(n).suffix.lower() in IMAGE_EXTS)
     if not names:
         raise DataError(f"{path} holds no images (.jpg, .png, .webp)")
     return names
@@ -106,18 +127,29 @@ def zip_members(path: Path) -> list[str]:
 
 def zip_index(path: Path) -> dict[str, object]:
     """The archive's index.json (written by prepare-data), or {} for a plain zip of images."""
-    with zipfile.ZipFile(path) as zf:
+    with open_zip(path) as zf:
         if "index.json" not in zf.namelist():
             return {}
-        return dict(json.loads(zf.read("index.json")))
+        try:
+            return dict(json.loads(read_member(zf, path, "index.json")))
+        except ValueError as e:
+            raise DataError(f"{path}: index.json is not a JSON object ({e}); {REMAKE_ARCHIVE}") from e
+
+
+def _member_rgb(path: Path, name: str, data: bytes) -> Image.Image:
+    """One archive image in RGB; DataError naming the member when its bytes are no image PIL reads."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError) as e:  # UnidentifiedImageError is an OSError
+        why = "is not an image" if isinstance(e, UnidentifiedImageError) else f"cannot be decoded ({e})"
+        raise DataError(f"{path}: member {name} {why}; {REMAKE_ARCHIVE}") from e
 
 
 def _zip_images(path: Path) -> Iterator[tuple[str, Image.Image]]:
-    with zipfile.ZipFile(path) as zf:
+    with open_zip(path) as zf:
         for name in zip_members(path):
-            with zf.open(name) as fh, Image.open(fh) as im:
-                im.load()
-                yield name, im
+            yield name, _member_rgb(path, name, read_member(zf, path, name))
 
 
 def crop_box(w: int, h: int, kind: str) -> tuple[int, int, int, int]:
@@ -249,10 +281,9 @@ def _decode(src: Source, res: int, progress: bool) -> tuple[np.ndarray, int]:
     return out[:n], skipped
 
 
-def _decode_member(data: bytes, res: int) -> tuple[tuple[int, int], np.ndarray]:
+def _decode_member(path: Path, name: str, data: bytes, res: int) -> tuple[tuple[int, int], np.ndarray]:
     """One archive image: its stored size and its pixels at res (PIL releases the GIL in both steps)."""
-    with Image.open(io.BytesIO(data)) as im:
-        img = im.convert("RGB")
+    img = _member_rgb(path, name, data)
     size = img.size
     if size[0] != res:
         img = img.resize((res, res), Image.Resampling.LANCZOS)
@@ -269,16 +300,17 @@ def _decode_zip(src: Source, res: int, progress: bool) -> np.ndarray:
     side = zip_index(src.path).get("resolution")  # every image at the archive's one resolution
     chunk = 256
     with (
-        zipfile.ZipFile(src.path) as zf,
+        open_zip(src.path) as zf,
         ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool,
         tqdm(total=len(names), desc=f"decoding {src.path.name}", disable=not progress) as bar,
     ):
         for start in range(0, len(names), chunk):
             batch = names[start : start + chunk]
-            blobs = [zf.read(n) for n in batch]
-            for i, (name, ((w, h), arr)) in enumerate(
-                zip(batch, pool.map(_decode_member, blobs, itertools.repeat(res)), strict=True), start
-            ):
+            blobs = [read_member(zf, src.path, n) for n in batch]
+            decoded = pool.map(
+                _decode_member, itertools.repeat(src.path), batch, blobs, itertools.repeat(res)
+            )
+            for i, (name, ((w, h), arr)) in enumerate(zip(batch, decoded, strict=True), start):
                 if w != h:
                     raise DataError(f"{src.path}: {name} is {w}x{h}; archive images must be square")
                 side = side or w  # a plain zip: the first image's size

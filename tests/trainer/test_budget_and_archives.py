@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import zipfile
@@ -84,6 +85,71 @@ def test_prepare_data_bad_input(faces_dir: Path, tmp_path: Path, capsys: pytest.
     )
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "x.zip").exists()
+
+
+def _damage(archive: Path, how: str) -> str:
+    """Damage a copy of a prepare-data archive in place as `how` says; return what its error must say."""
+    if how.startswith("non-image"):
+        name = "img/000000.webp" if how == "non-image first" else "img/zz-notes.webp"  # sorts first, last
+        with zipfile.ZipFile(archive, "a") as zf:
+            zf.writestr(name, "notes, not a face")
+        return f"member {name} is not an image"
+    data = bytearray(archive.read_bytes())
+    if how == "bad CRC":  # past the 64 members honest_max_res opens: the threaded decode reads it
+        info = sorted(zipfile.ZipFile(archive).infolist(), key=lambda i: i.filename)[100]
+        at = info.header_offset
+        name_len, extra_len = struct.unpack("<HH", data[at + 26 : at + 30])  # the local header's
+        data[at + 30 + name_len + extra_len + info.file_size // 2] ^= 0xFF
+        archive.write_bytes(data)
+        return f"member {info.filename} cannot be read (Bad CRC-32"
+    if how == "first part missing":  # a split archive joined without its first part
+        archive.write_bytes(data[len(data) // 2 :])
+        return "cannot be read"
+    archive.write_bytes(data[: len(data) // 2])  # cut short: its last part missing
+    return "is not a readable zip archive"
+
+
+@pytest.mark.parametrize(
+    "how", ["non-image first", "non-image past the probe", "bad CRC", "first part missing", "cut short"]
+)
+def test_a_damaged_archive_gets_a_clear_error(
+    how: str, faces_zip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    archive = tmp_path / "faces.zip"
+    shutil.copy(faces_zip, archive)
+    says = _damage(archive, how)
+    out, cache = tmp_path / "runs", tmp_path / "cache"
+    argv = ["train", "--data", str(archive), "--preset", "tiny", "--max-res", "16", "--quiet"]
+    assert main([*argv, "--out", str(out), "--cache-dir", str(cache)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {archive}") and says in err, err
+    assert "make it again with prepare-data" in err and "sha256" in err  # what to do about it
+    assert not out.exists() and not any(cache.rglob("*.npy"))  # no run folder, no half-decoded cache
+
+
+def test_an_archive_below_max_res_needs_allow_upscale(
+    faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = tmp_path / "faces-16.zip"
+    argv = ["prepare-data", str(faces_dir), "--res", "16", "--limit", "16", "--out", str(small), "--quiet"]
+    assert main(argv) == 0
+    out = tmp_path / "runs"
+    argv = [
+        "train",
+        "--data",
+        str(small),
+        "--preset",
+        "tiny",
+        "--max-res",
+        "32",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert f"32x32 is more than {small} can honestly give: its crops are 16px" in err, err
+    assert "--allow-upscale" in err and not out.exists()
 
 
 # ---------------------------------------------------------------------------- the planner
