@@ -1,10 +1,11 @@
-"""Images/s of one full training step (D step with WGAN-GP + G step) per resolution, for the `paper` and
-`fast` architectures, on CPU and on CUDA when present. Each row times the fast configuration (fused_scale;
-on CUDA also bf16 autocast, channels_last, TF32) and, in the same process, the plain step (fp32 with TF32
-off, NCHW, unfused), so the speed-up shows as a ratio; GFLOP per image is counted, so the achieved TFLOP/s
-and on CUDA the share of the bf16 peak follow.
+"""Images/s of one full training step (D step with WGAN-GP + G step) per resolution, for the `gpu` network
+(the default model's) and the `paper` one by default (any presets with --presets), on CPU and on CUDA when
+present. Each row times the fast configuration (fused_scale; on CUDA also bf16 autocast, channels_last,
+TF32) and, in the same process, the plain step (fp32 with TF32 off, NCHW, unfused), so the speed-up shows
+as a ratio; GFLOP per image is counted, so the achieved TFLOP/s and on CUDA the share of the bf16 peak
+follow.
 
-    python bench/train_throughput.py [--res 4,8,16,32,64,128,256] [--steps 5] [--presets paper,fast] [--cpu]
+    python bench/train_throughput.py [--res 4,8,16,32,64,128,256] [--steps 5] [--presets gpu,paper] [--cpu]
 
 `--compile` adds, in the same process, the fast configuration with G and D compiled as `train --compile`
 runs them (the penalty's double backward through the eager D) and the seconds its compilation took;
@@ -279,7 +280,11 @@ def strict_fp32_rate(s: StepSpec, steps: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--res", default="4,8,16,32,64,128,256")
-    ap.add_argument("--presets", default="paper,fast")
+    ap.add_argument(
+        "--presets",
+        default="gpu,paper",
+        help="comma-separated presets (default: gpu,paper: the default model's network and the paper's)",
+    )
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument(
         "--batch",

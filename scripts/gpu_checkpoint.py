@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import sys
 from pathlib import Path
 
-import torch
-
-from trainer.checkpoint import atomic_torch_save, full_state, half_state, load_state
+from trainer.checkpoint import CheckpointError, atomic_torch_save, load_state, packed_bytes, unpacked_state
 
 PART_BYTES = 15 * 2**20
 
 
 def pack(run_dir: Path, out: Path) -> list[Path]:
     state = load_state(run_dir)
-    buf = io.BytesIO()
-    torch.save(half_state(state), buf)
-    blob = buf.getvalue()
+    blob = packed_bytes(state)
     out.mkdir(parents=True, exist_ok=True)
     parts = []
     for i in range(0, len(blob), PART_BYTES):
@@ -59,7 +54,7 @@ def unpack(parts: list[Path], out_dir: Path) -> Path:
         meta = json.loads(meta_path.read_text())
         if hashlib.sha256(blob).hexdigest() != meta["sha256"] or len(parts) != meta["parts"]:
             raise SystemExit(f"error: the parts do not match {meta_path} (missing or damaged part)")
-    state = full_state(torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True))
+    state = unpacked_state(blob)
     path = out_dir / "checkpoint.pt"
     atomic_torch_save(state, path)
     return path
@@ -75,11 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("parts", type=Path, nargs="+")
     u.add_argument("--out", type=Path, required=True, help="run folder to write checkpoint.pt into")
     a = ap.parse_args(argv)
-    if a.cmd == "pack":
-        parts = pack(a.run_dir, a.out)
-        print(f"packed {a.run_dir / 'checkpoint.pt'} into {len(parts)} parts under {a.out}")
-    else:
-        print(f"wrote {unpack(a.parts, a.out)}")
+    try:
+        if a.cmd == "pack":
+            parts = pack(a.run_dir, a.out)
+            print(f"packed {a.run_dir / 'checkpoint.pt'} into {len(parts)} parts under {a.out}")
+        else:
+            print(f"wrote {unpack(a.parts, a.out)}")
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import os
 import subprocess
@@ -154,6 +155,7 @@ def save_model_checkpoint(state: dict[str, Any], path: Path) -> int:
             "finite checkpoint"
         )
     meta = {
+        **schedule_position(state),
         "format": MODEL_CHECKPOINT_FORMAT,
         "net_cfg": json.dumps(state["net_cfg"]),
         "train_cfg": json.dumps(state.get("train_cfg", {})),
@@ -172,6 +174,26 @@ def save_model_checkpoint(state: dict[str, Any], path: Path) -> int:
     tmp.chmod(0o644)
     os.replace(tmp, path)
     return path.stat().st_size
+
+
+def schedule_position(state: dict[str, Any]) -> dict[str, str]:
+    """Where in its schedule a checkpoint stands, as model-checkpoint metadata: the phase's index in the
+    run's schedule, its kind (fade or stab) and resolution, and the fade's alpha (1 when stabilising). Empty
+    for a checkpoint without its training config (an old snapshot)."""
+    from trainer.config import locate, schedule
+
+    if not state.get("train_cfg") or "cur_nimg" not in state:
+        return {}
+    if "phase" in state:  # read from a model checkpoint: what it said
+        return {k: str(state[k]) for k in ("phase", "phase_kind", "phase_res", "alpha")}
+    phases = schedule(net_config(state), TrainConfig.from_json(state["train_cfg"]))
+    idx, alpha = locate(phases, int(state["cur_nimg"]))
+    return {
+        "phase": str(idx),
+        "phase_kind": phases[idx].kind,
+        "phase_res": str(phases[idx].res),
+        "alpha": repr(float(alpha)),
+    }
 
 
 def _load_model_checkpoint(p: Path) -> dict[str, Any]:
@@ -205,6 +227,16 @@ def _load_model_checkpoint(p: Path) -> dict[str, Any]:
         data=meta.get("data", ""),
         data_index=json.loads(meta.get("data_index", "{}")),
         commit=meta.get("commit", "unknown"),
+        **(
+            {
+                "phase": int(meta["phase"]),
+                "phase_kind": meta["phase_kind"],
+                "phase_res": int(meta["phase_res"]),
+                "alpha": float(meta["alpha"]),
+            }
+            if "phase" in meta  # written since 2026-11-29
+            else {}
+        ),
         opt_G={},
         opt_D={},
         history=[],
@@ -267,6 +299,24 @@ def full_state(small: dict[str, Any]) -> dict[str, Any]:
     for k in NETS:
         state[k] = {n: t.float() if t.is_floating_point() else t for n, t in small[k].items()}
     return state
+
+
+def packed_bytes(state: dict[str, Any]) -> bytes:
+    """`half_state(state)` serialised: the bytes a GPU lease carries back in parts (scripts/gpu_checkpoint.py
+    splits and hashes them; this module alone writes and reads what is inside)."""
+    buf = io.BytesIO()
+    torch.save(half_state(state), buf)
+    return buf.getvalue()
+
+
+def unpacked_state(blob: bytes) -> dict[str, Any]:
+    """`packed_bytes`' result read back with float32 weights: a state `RunState`'s checkpoint.pt format
+    holds (fresh Adam on resume); CheckpointError if the bytes are not one."""
+    try:
+        small = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for truncated or foreign bytes
+        raise CheckpointError(f"the joined parts are not a packed checkpoint of this trainer: {e}") from e
+    return full_state(small)
 
 
 def net_config(state: dict[str, Any]) -> NetConfig:

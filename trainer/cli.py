@@ -21,9 +21,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", default="runs", help="parent folder of the numbered run folders (default: runs)")
     p.add_argument(
-        "--max-res", type=int, default=None, help="final resolution, a power of two (default: 256; tiny: 16)"
+        "--max-res",
+        type=int,
+        default=None,
+        help="final resolution, a power of two (default: 256; tiny: 16; with --resume models/NAME, the "
+        "model's own: give a larger one to grow it)",
     )
-    p.add_argument("--preset", default="fast", help="paper | fast | gpu | cpu | tiny (default: fast)")
+    p.add_argument(
+        "--preset",
+        help="paper | fast | gpu | cpu | tiny (default: fast; with --resume models/NAME, the model's own)",
+    )
     p.add_argument(
         "--arch", choices=["progan", "dcgan"], default="progan", help="dcgan: the fixed-resolution baseline"
     )
@@ -189,6 +196,61 @@ def check_network_flags(a: argparse.Namespace, state: dict[str, Any]) -> None:
         )
 
 
+# flags of the schedule and the losses, which a run's checkpoint keeps on resume (TrainConfig field names)
+RUN_KEEPS = (
+    "start_res", "fade_kimg", "stab_kimg", "first_kimg", "total_kimg", "loss", "gp_lambda", "r1_gamma",
+    "label_smoothing", "ema_beta", "seed",
+)  # fmt: skip
+
+
+def check_run_flags(a: argparse.Namespace, state: dict[str, Any]) -> None:
+    """A run's checkpoint continues on its own schedule: flags that would change it (the preset, --max-res,
+    the minibatch, the learning rate, kimg, loss settings) and disagree with it are an error rather than
+    silently ignored; the same values are fine (scripts repeat them). Nothing is trained or written."""
+    from trainer.checkpoint import net_config
+
+    train, net = TrainConfig.from_json(state["train_cfg"]), net_config(state)
+    res = [r for r in net.resolutions if r >= train.start_res] if net.arch == "progan" else [net.max_res]
+    wrong = []
+    if a.preset is not None and a.preset != train.preset:
+        wrong.append(f"--preset {a.preset} (it has {train.preset})")
+    if a.max_res is not None and a.max_res != net.max_res:
+        wrong.append(f"--max-res {a.max_res} (it has {net.max_res})")
+    for key in RUN_KEEPS:
+        value = getattr(a, key)
+        if value is not None and value != getattr(train, key):
+            wrong.append(f"--{key.replace('_', '-')} {value} (it has {getattr(train, key)})")
+    run_lr = (lambda r: train.dcgan_lr) if net.arch == "dcgan" else train.lr
+    for flag, value, per_res in (("batch", a.batch, train.batch), ("lr", a.lr, run_lr)):
+        had = sorted({per_res(r) for r in res})
+        if value is not None and had != [value]:
+            wrong.append(f"--{flag} {value} (it has {', '.join(f'{h:g}' for h in had)})")
+    if a.no_flips and train.flips:
+        wrong.append("--no-flips (it trains with flips)")
+    if wrong:
+        raise ValueError(
+            f"{a.resume} is a run, which continues on its own schedule, but the command line asks for "
+            f"another: {', '.join(wrong)}. Drop these flags (--amp, --[no-]channels-last, --compile, "
+            "--cuda-graph, --tick-kimg, --checkpoint-minutes, --minutes, --max-steps and --extend-kimg may "
+            "change); to train it on other terms, export it (python -m trainer export RUN --out models/NAME) "
+            "and --resume models/NAME"
+        )
+
+
+def resume_defaults(a: argparse.Namespace, state: dict[str, Any]) -> None:
+    """A model folder trains further with its own preset and at its own resolution unless the command line
+    says otherwise (its train_cfg names the preset; one this trainer no longer has falls back to fast)."""
+    if not state.get("model_checkpoint"):
+        return
+    from trainer.config import PRESETS
+
+    if a.preset is None:
+        had = state.get("train_cfg", {}).get("preset")
+        a.preset = had if had in PRESETS else None
+    if a.max_res is None:
+        a.max_res = int(state["res"])
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from trainer.config import schedule  # noqa: F401  (validates start_res)
     from trainer.loop import describe_schedule, plan_run, train
@@ -204,15 +266,21 @@ def cmd_train(a: argparse.Namespace) -> int:
             "--extend-kimg and --minutes both set how long a new run trains; --minutes plans every phase "
             "to fit the time: give one of them"
         )
-    net, cfg = resolve_configs(a)
-    overrides = runtime_overrides(a)
     state = None
     if a.resume is not None:  # loaded and resolved here, once: the loop trains with these configs
         from trainer.checkpoint import load_state
-        from trainer.loop import resolve_resume
 
         state = load_state(a.resume)
         check_network_flags(a, state)
+        if not state.get("model_checkpoint"):
+            check_run_flags(a, state)
+        resume_defaults(a, state)
+    a.preset = a.preset or "fast"
+    net, cfg = resolve_configs(a)
+    overrides = runtime_overrides(a)
+    if state is not None:
+        from trainer.loop import resolve_resume
+
         if state.get("model_checkpoint") and not a.data:
             raise ValueError(f"--data is required to train {a.resume} further (the faces to train on)")
         net, cfg = resolve_resume(state, net, cfg, a.extend_kimg or 0.0, overrides)

@@ -128,7 +128,10 @@ def broadcast_params(module: nn.Module, d: Dist) -> None:
 
 @torch.no_grad()
 def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
-    """G_ema <- lerp(G_ema, G, 1 - beta), one foreach kernel per dtype instead of one per tensor."""
+    """G_ema <- lerp(G_ema, G, 1 - beta), one foreach kernel per dtype instead of one per tensor. A G gone
+    non-finite poisons this in-memory copy for the rest of its tick at most: the tick's check
+    (`stop_if_not_finite`) ends the run before any grid, checkpoint, snapshot or export reads it, with no
+    per-step guard (a sync, or a `where` per tensor) in the hot loop."""
     ema: list[Tensor] = list(G_ema.parameters())
     cur = [p.detach() for p in G.parameters()]
     torch._foreach_lerp_(ema, cur, 1.0 - beta)
@@ -196,7 +199,13 @@ def load_grown(G: nn.Module, D: nn.Module, G_ema: nn.Module, state: dict[str, An
     res = int(state["res"])
     new = {res_key(r) for r in net.resolutions if r > res}
     for name, module in (("G", G), ("D", D), ("G_ema", G_ema)):
-        missing, unexpected = module.load_state_dict(state[name], strict=False)
+        try:
+            missing, unexpected = module.load_state_dict(state[name], strict=False)
+        except RuntimeError as e:  # shapes that differ: strict=False forgives only missing or extra keys
+            raise CheckpointError(
+                f"{state['path']}: the {name} weights do not fit the network its metadata describes "
+                f"({load_error(e)}); the file is damaged or was not written by this trainer's export"
+            ) from e
         wrong = [k for k in missing if not any(f".{b}." in f".{k}" for b in new)]
         if unexpected or wrong:
             raise CheckpointError(
@@ -626,7 +635,16 @@ def restore(s: RunState, state: dict[str, Any], phases: list[Phase], d: Dist) ->
         torch.set_rng_state(state["rng"]["torch"])
         s.history = list(state.get("history", []))
     except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{state['path']}: cannot resume from it: {e}") from e
+        raise CheckpointError(f"{state['path']}: cannot resume from it: {load_error(e)}") from e
+
+
+def load_error(e: BaseException, most: int = 2) -> str:
+    """`load_state_dict`'s error in a line: its first `most` mismatches, and how many more there are."""
+    lines = [ln.strip().rstrip(".") for ln in str(e).splitlines() if ln.strip()]
+    details = [ln for ln in lines if not ln.startswith("Error(s) in loading")] or lines
+    details = [d if len(d) <= 200 else d[:200] + " …" for d in details]
+    more = f"; {len(details) - most} more" if len(details) > most else ""
+    return "; ".join(details[:most]) + more
 
 
 def step_context(s: RunState, device: torch.device, d: Dist) -> StepContext:
@@ -676,10 +694,12 @@ def fit_to_deadline(
     (trainer/budget.py); every rank follows rank 0's plan, to the image, so phases switch together."""
     from trainer.budget import FINAL_SAVE_S, BudgetError, plan_to_fit, probe_throughput
 
+    left = deadline - time.monotonic()
     if past_deadline(deadline - FINAL_SAVE_S, d, ctx.device):
         raise BudgetError(
-            "--minutes leaves no time to train: the budget ran out while loading the data, before the "
-            "throughput probe; nothing was trained or written. Give more minutes"
+            f"--minutes leaves no time to train: {max(left, 0.0):.0f} s of it were left once the data had "
+            f"loaded, and the final checkpoint keeps {FINAL_SAVE_S:.0f} s, so not even the throughput probe "
+            "could run; nothing was trained or written. Give more minutes"
         )
     channels_last = ctx.cfg.channels_last and ctx.device.type == "cuda"
     probe = probe_throughput(ctx, phases, reals, channels_last, deadline=deadline, progress=progress)
@@ -886,8 +906,12 @@ def train_loop(
     `to_deadline` (a schedule planned for the deadline), a schedule that ends early trains its final
     stabilisation on until the deadline (`deadline_extension`). `started`: when the command began (monotonic
     clock), which each row's wall_s counts from."""
+    from trainer.budget import FINAL_SAVE_S
+
     cfg, d = s.cfg, ctx.d
     started = time.monotonic() if started is None else started
+    # the steps stop where the last grid, checkpoint and snapshot still end by the deadline
+    stop_at = None if deadline is None else deadline - FINAL_SAVE_S
     total_nimg = phase_start_nimg(phases, len(phases))
     bar = tqdm(
         total=total_nimg,
@@ -922,8 +946,8 @@ def train_loop(
         s.steps += 1
         bar.update(batch * d.world)
 
-        if deadline is not None and (d.world == 1 or s.steps % 50 == 0):  # ranks agree every 50 steps
-            out_of_time = past_deadline(deadline, d, ctx.device)
+        if stop_at is not None and (d.world == 1 or s.steps % 50 == 0):  # ranks agree every 50 steps
+            out_of_time = past_deadline(stop_at, d, ctx.device)
         if to_deadline and deadline is not None and s.cur_nimg >= total_nimg and not out_of_time:
             extra = deadline_extension(s, phase_clock, deadline, batch * d.world, d)
             if extra > 0:  # the plan ran faster than probed: the final stabilisation goes on

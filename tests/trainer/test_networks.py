@@ -250,3 +250,51 @@ def test_compiled_fade_trains_every_layer_under_bf16(fused: bool) -> None:
     assert compiled.keys() == fp32.keys() and "G.to_rgb.b4.weight" in fp32
     off = {k: [float((got[k] - fp32[k]).norm() / fp32[k].norm()) for got in (compiled, eager)] for k in fp32}
     assert not {k: v for k, v in off.items() if v[0] > 2 * v[1] + 0.1}
+
+
+def test_gradient_penalty_under_bf16_autocast_keeps_its_norm_in_fp32() -> None:
+    """The step runs the WGAN-GP penalty under bf16 autocast (penalty_autocast): D's convolutions in bf16,
+    the gradient it takes and that gradient's norm in fp32, and the double backward reaches D's weights."""
+    from types import SimpleNamespace
+
+    from trainer.loop import penalty_autocast
+
+    torch.manual_seed(0)
+    D = Discriminator(NetConfig(z_dim=8, max_res=16, fmap_base=64, fmap_max=16))
+    real, fake, eps = torch.rand(8, 3, 16, 16) * 2 - 1, torch.rand(8, 3, 16, 16) * 2 - 1, torch.rand(8)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    step = SimpleNamespace(cfg=SimpleNamespace(amp="bf16"), autocast=autocast)
+    assert penalty_autocast(step) is autocast
+    assert (
+        penalty_autocast(SimpleNamespace(cfg=SimpleNamespace(amp="fp16"), autocast=autocast)) is not autocast
+    )
+
+    def critic(x: Tensor) -> Tensor:
+        return D(x, 16)
+
+    want = gradient_penalty(critic, real, fake, eps)
+    with penalty_autocast(step):
+        seen: list[torch.dtype] = []
+        hook = D.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+        gp = gradient_penalty(critic, real, fake, eps)
+        hook.remove()
+    assert seen == [torch.bfloat16]  # D ran in bf16
+    assert gp.dtype == torch.float32 and torch.isfinite(gp).all()
+    assert torch.allclose(gp, want, rtol=0.05, atol=0.02)  # bf16's noise on an fp32 norm
+    gp.mean().backward()
+    grads = [p.grad for p in D.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+def test_ema_is_a_lerp_toward_g_and_copies_its_buffers() -> None:
+    from trainer.loop import update_ema
+
+    G, G_ema = (Generator(NetConfig(z_dim=8, max_res=8, fmap_base=32, fmap_max=8)) for _ in range(2))
+    before = [p.detach().clone() for p in G_ema.parameters()]
+    for b in G.buffers():
+        b.add_(1.0)
+    update_ema(G_ema, G, 0.9)
+    for e, b, g in zip(G_ema.parameters(), before, G.parameters(), strict=True):
+        assert torch.allclose(e, 0.9 * b + 0.1 * g, atol=1e-6)
+    for be, bg in zip(G_ema.buffers(), G.buffers(), strict=True):
+        assert torch.equal(be, bg)

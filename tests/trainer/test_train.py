@@ -356,3 +356,177 @@ def test_one_critic_pass_scores_as_two(n: int) -> None:
     if n % net.mbstd_group == 0:
         plain = D(torch.cat([reals, fake]), 16, 0.5)
         assert not torch.allclose(plain[:n], want_real)
+
+
+# ---------------------------------------------------------------------------- resume: what it keeps
+
+
+def test_a_model_trains_further_with_its_own_preset_and_resolution(
+    tiny_model_dir: Path, faces_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`train --resume models/NAME --data X` continues the model as it was trained: its preset (tiny here,
+    not the command line's default fast) at its own resolution, unless told to grow or change."""
+    assert main(["train", "--resume", str(tiny_model_dir), "--data", str(faces_dir), "--dry-run"]) == 0
+    said = json.loads(capsys.readouterr().out.split("\nphase")[0])
+    assert said["train"]["preset"] == "tiny" and said["net"]["max_res"] == 16
+    assert said["train"]["default_batch"] == 8  # the tiny preset's minibatch, not fast's
+    argv = ["train", "--resume", str(tiny_model_dir), "--data", str(faces_dir), "--dry-run"]
+    assert main([*argv, "--preset", "cpu", "--max-res", "32"]) == 0
+    said = json.loads(capsys.readouterr().out.split("\nphase")[0])
+    assert said["train"]["preset"] == "cpu" and said["net"]["max_res"] == 32
+
+
+def test_a_run_refuses_flags_that_would_change_its_schedule(
+    tiny_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run's checkpoint continues on its own schedule: --max-res, --preset, --batch, … that disagree with it
+    are an error naming each, not silently dropped; the same values pass (scripts repeat them)."""
+    run = ["train", "--resume", str(tiny_run), "--dry-run"]
+    assert main([*run, "--max-res", "32", "--preset", "fast", "--batch", "99", "--stab-kimg", "5"]) == 2
+    err = capsys.readouterr().err
+    for part in ("--max-res 32 (it has 16)", "--preset fast (it has tiny)", "--batch 99 (it has 8)"):
+        assert part in err
+    assert "--stab-kimg 5.0 (it has 0.032)" in err and "export it" in err
+    assert main([*run, "--lr", "0.5"]) == 2 and "--lr 0.5 (it has 0.002)" in capsys.readouterr().err
+    assert main([*run, "--preset", "tiny", "--max-res", "16", "--batch", "8", "--tick-kimg", "1"]) == 0
+
+
+def test_a_model_checkpoint_whose_weights_do_not_fit_its_config(
+    tiny_model_dir: Path, faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from trainer.checkpoint import MODEL_CHECKPOINT
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "manifest.json").write_bytes((tiny_model_dir / "manifest.json").read_bytes())
+    with safe_open(str(tiny_model_dir / MODEL_CHECKPOINT), framework="pt") as fh:
+        meta = fh.metadata()
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    net = json.loads(meta["net_cfg"])
+    meta["net_cfg"] = json.dumps({**net, "fmap_max": net["fmap_max"] * 2})  # the weights stay as they were
+    save_file(tensors, str(folder / MODEL_CHECKPOINT), metadata=meta)
+    saved = (folder / MODEL_CHECKPOINT).read_bytes()
+    argv = ["train", "--quiet", "--resume", str(folder), "--data", str(faces_dir), "--out", str(tmp_path)]
+    assert main([*argv, "--max-steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "weights do not fit the network its metadata describes" in err and "size mismatch" in err
+    assert "Traceback" not in err and len(err) < 1200
+    assert (folder / MODEL_CHECKPOINT).read_bytes() == saved
+    assert not any(p.is_dir() for p in tmp_path.iterdir() if p.name != "model")  # no run folder
+
+
+def test_a_model_checkpoint_records_where_in_its_schedule_it_stopped(
+    tiny_model_dir: Path, faces_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    from trainer.export import export_model
+
+    done = load_state(tiny_model_dir)  # a run that finished: its last phase, the 16 px stabilisation
+    assert (done["phase_kind"], done["phase_res"], done["alpha"]) == ("stab", 16, 1.0)
+    assert done["phase"] == 4  # stab 4, fade 8, stab 8, fade 16, stab 16
+    common = ["--data", str(faces_dir), "--max-res", "16", "--cache-dir", str(cache_dir)]
+    assert _train(*common, "--out", str(tmp_path / "runs"), "--max-steps", "5") == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    export_model(run, tmp_path / "mid")
+    mid = load_state(tmp_path / "mid")  # 40 images: inside the 8 px fade (images 32-64)
+    assert (mid["phase"], mid["phase_kind"], mid["phase_res"]) == (1, "fade", 8)
+    assert mid["alpha"] == pytest.approx((40 - 32) / 32)
+
+
+def test_adam_restarts_at_every_fade_and_every_stabilisation(
+    faces_dir: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the official code (reset_opt_for_new_lod): fresh Adam for G and D at the start of each phase,
+    the stabilisation of a resolution included, and not within a phase."""
+    from trainer import loop
+
+    made: list[str] = []
+    real = loop.make_optimizer
+
+    def recorded(module, lr, cfg, arch):
+        made.append(type(module).__name__)
+        return real(module, lr, cfg, arch)
+
+    monkeypatch.setattr(loop, "make_optimizer", recorded)
+    common = ["--data", str(faces_dir), "--max-res", "8", "--cache-dir", str(cache_dir)]
+    assert _train(*common, "--out", str(tmp_path)) == 0  # stab 4, fade 8, stab 8: 4 steps each
+    (run,) = tmp_path.iterdir()
+    assert load_state(run)["steps"] == 12
+    assert made == ["Generator", "Discriminator"] * 3  # a fresh G and D optimizer per phase
+
+
+def test_checkpoints_follow_the_wall_clock_and_the_phase_ends(
+    faces_dir: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """checkpoint.pt is written at every phase end, at the end and every --checkpoint-minutes, not at
+    every tick (a tick here is 2 steps, a phase 4)."""
+    from trainer import loop
+
+    for minutes, out in ((None, tmp_path / "default"), (0.0, tmp_path / "every")):
+        written: list[int] = []
+        real = loop.RunFiles.checkpoint
+
+        def counted(self, s, res, gen_ranks, real=real, written=written):
+            written.append(s.cur_nimg)
+            return real(self, s, res, gen_ranks)
+
+        monkeypatch.setattr(loop.RunFiles, "checkpoint", counted)
+        extra = [] if minutes is None else ["--checkpoint-minutes", str(minutes)]
+        common = ["--data", str(faces_dir), "--max-res", "8", "--cache-dir", str(cache_dir)]
+        assert _train(*common, "--out", str(out), *extra) == 0
+        (run,) = out.iterdir()
+        ticks = [json.loads(x)["kimg"] for x in (run / "stats.jsonl").read_text().splitlines()]
+        assert len(ticks) == 6
+        if minutes is None:
+            assert written == [32, 64, 96]  # the three phase ends (the last is also the run's end)
+        else:
+            assert written == [round(k * 1000) for k in ticks]
+
+
+def test_unpacking_damaged_lease_parts_without_their_hash_says_so(tiny_run: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu_checkpoint.py"
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, str(script), "pack", str(tiny_run), str(out)], check=True)
+    (out / "ckpt.json").unlink()  # the sha256 left behind: only the bytes can tell
+    part = out / "ckpt.part0"
+    part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    bad = subprocess.run(
+        [sys.executable, str(script), "unpack", str(part), "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "not a packed checkpoint of this trainer" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_steps_stop_where_the_final_save_still_ends_by_the_deadline(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--minutes N ends the steps FINAL_SAVE_S before the deadline, planned or not (a resumed run has no
+    plan), so that the last grid, checkpoint and snapshot are written inside the N minutes."""
+    import shutil
+    import time
+
+    from trainer import loop
+    from trainer.budget import FINAL_SAVE_S
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    asked: list[float] = []
+    real = loop.past_deadline
+
+    def recorded(deadline, d, device):
+        asked.append(deadline)
+        return real(deadline, d, device)
+
+    monkeypatch.setattr(loop, "past_deadline", recorded)
+    t0 = time.monotonic()
+    argv = ["train", "--quiet", "--resume", str(run), "--extend-kimg", "0.016", "--minutes", "1"]
+    assert main(argv) == 0
+    t1 = time.monotonic()
+    assert asked and all(t0 + 60 - FINAL_SAVE_S <= a <= t1 + 60 - FINAL_SAVE_S for a in asked)
