@@ -289,6 +289,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, extra_kimg=a.extend_kimg)
     kw = dict(cache_dir=a.cache_dir, cifar_class=a.cifar_class, allow_upscale=a.allow_upscale)
     if a.dry_run:
+        if state is None or state.get("model_checkpoint"):  # a run's own data may live on another machine
+            from trainer.data import check_resolution, find_source
+
+            check_resolution(find_source(a.data, a.cifar_class), net.max_res, a.allow_upscale)
         print(json.dumps({"net": dataclasses.asdict(net), "train": cfg.to_json(), "data": a.data}, indent=2))
         if a.minutes is None or (state is not None and not state.get("model_checkpoint")):
             print(describe_schedule(net, cfg))

@@ -146,10 +146,15 @@ def _member_rgb(path: Path, name: str, data: bytes) -> Image.Image:
         raise DataError(f"{path}: member {name} {why}; {REMAKE_ARCHIVE}") from e
 
 
+def zip_member_rgb(zf: zipfile.ZipFile, path: Path, name: str) -> Image.Image:
+    """One member of the open archive `zf` (at `path`) in RGB; DataError naming it if it is damaged."""
+    return _member_rgb(path, name, read_member(zf, path, name))
+
+
 def _zip_images(path: Path) -> Iterator[tuple[str, Image.Image]]:
     with open_zip(path) as zf:
         for name in zip_members(path):
-            yield name, _member_rgb(path, name, read_member(zf, path, name))
+            yield name, zip_member_rgb(zf, path, name)
 
 
 def crop_box(w: int, h: int, kind: str) -> tuple[int, int, int, int]:
@@ -166,7 +171,7 @@ def honest_max_res(src: Source, probe: int = 64) -> int:
     if src.kind == "cifar10":
         return 32
     if src.kind == "array":
-        arr = _load_array(src.files[0])
+        arr = load_array(src.files[0])
         return int(min(arr.shape[1], arr.shape[2]))
     if src.kind == "zip":  # square crops already; zip_members made sure there is at least one
         return int(min(min(im.size) for _, im in itertools.islice(_zip_images(src.path), probe)))
@@ -183,7 +188,17 @@ def honest_max_res(src: Source, probe: int = 64) -> int:
     return int(min(sides))
 
 
-def _load_array(path: Path) -> np.ndarray:
+def check_resolution(src: Source, res: int, allow_upscale: bool) -> None:
+    """DataError when `res` is above what `src` gives without upscaling, unless upscaling is allowed."""
+    honest = honest_max_res(src)
+    if res > honest and not allow_upscale:
+        raise DataError(
+            f"{res}x{res} is more than {src.path} can honestly give: its crops are {honest}px (the largest "
+            f"honest resolution is {1 << (honest.bit_length() - 1)}); pass --allow-upscale to upscale anyway"
+        )
+
+
+def load_array(path: Path) -> np.ndarray:
     arr = np.load(path)
     if isinstance(arr, np.lib.npyio.NpzFile):
         arr = arr[arr.files[0]]
@@ -202,7 +217,7 @@ def _load_array(path: Path) -> np.ndarray:
     return arr
 
 
-def _load_cifar(src: Source) -> np.ndarray:
+def load_cifar(src: Source) -> np.ndarray:
     out = []
     want = CIFAR_CLASSES.index(src.cifar_class) if src.cifar_class else None
     for f in src.files:
@@ -247,10 +262,10 @@ def downsample_box(arr: np.ndarray, chunk: int = 256) -> np.ndarray:
 def _decode(src: Source, res: int, progress: bool) -> tuple[np.ndarray, int]:
     """Decode every image to [N, res, res, 3] uint8; unreadable files are skipped and counted."""
     if src.kind == "cifar10":
-        arr = _load_cifar(src)
+        arr = load_cifar(src)
         return (arr if res == 32 else _resize(arr, res)), 0
     if src.kind == "array":
-        arr = _load_array(src.files[0])
+        arr = load_array(src.files[0])
         return (arr if arr.shape[1] == res == arr.shape[2] else _resize(arr, res)), 0
     if src.kind == "zip":
         return _decode_zip(src, res, progress), 0
@@ -356,12 +371,7 @@ def load_images(
     root = Path(cache_dir or default_cache_dir()) / src.key
     target = root / f"{res}.npy"
     if not target.exists():
-        honest = honest_max_res(src)
-        if res > honest and not allow_upscale:
-            raise DataError(
-                f"{res}x{res} is more than {src.path} can honestly give: its crops are {honest}px "
-                f"(the largest honest resolution is {1 << (honest.bit_length() - 1)}); pass --allow-upscale to upscale anyway"
-            )
+        check_resolution(src, res, allow_upscale)
         larger = sorted(int(p.stem) for p in root.glob("*.npy") if p.stem.isdigit() and int(p.stem) > res)
         if larger:
             arr = np.load(root / f"{larger[0]}.npy", mmap_mode="r")

@@ -5,17 +5,31 @@ a data source (trainer/data.py)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from trainer.data import DataError, crop_box, find_source
+from trainer.data import (
+    DataError,
+    Source,
+    crop_box,
+    find_source,
+    load_array,
+    load_cifar,
+    open_zip,
+    zip_index,
+    zip_member_rgb,
+    zip_members,
+)
 
 CROPS = ("celeba", "wide", "centre")
 CELEBA_LICENCE = (
@@ -26,6 +40,7 @@ CELEBA_LICENCE = (
 # WebP quality: the 29,017 faces at 64 px in 33.1 MB, the 20k full-size ones at 128 px in 52.7 MB (as measured
 # in docs/evaluation.md)
 DEFAULT_QUALITY = 80
+Loader = Callable[[], Image.Image]  # one source image in RGB, read when called
 
 
 def prepare_data(
@@ -38,6 +53,7 @@ def prepare_data(
     lossless: bool = False,
     limit: int | None = None,
     licence: str | None = None,
+    cifar_class: str | None = None,
     progress: bool = True,
 ) -> dict[str, object]:
     """Write `out` (a zip) and return its index. Files with a name already taken (the same CelebA id in
@@ -49,19 +65,46 @@ def prepare_data(
         raise ValueError(f"--res must be between 4 and 1024, got {res}")
     if not 1 <= quality <= 100:
         raise ValueError(f"--quality must be 1..100, got {quality}")
-    files: dict[str, Path] = {}
-    kinds = []
-    for s in sources:
-        src = find_source(s)
-        if src.kind not in ("folder", "celeba"):
-            raise DataError(f"{s}: prepare-data reads folders of images, not {src.kind} data")
-        kinds.append(src.kind)
-        for f in src.files:
-            files.setdefault(f.stem, f)
-    names = sorted(files)[:limit] if limit else sorted(files)
     out = Path(out)
     if out.suffix != ".zip":
         raise ValueError(f"--out must end in .zip, got {out}")
+    with ExitStack() as stack:  # a zip source stays open while its members are written
+        images: dict[str, Loader] = {}
+        kinds, licences = [], []
+        for s in sources:
+            src = find_source(s, cifar_class)
+            kinds.append(src.kind)
+            licences.append(source_licence(src))
+            for name, load in source_images(src, stack):
+                images.setdefault(name, load)
+        names = sorted(images)[:limit] if limit else sorted(images)
+        about: dict[str, object] = {
+            "sources": [
+                {"path": str(Path(s).resolve().name), "kind": k} for s, k in zip(sources, kinds, strict=True)
+            ],
+            "licence": licence
+            or (
+                CELEBA_LICENCE
+                if "celeba" in kinds or any("celeba" in str(s) for s in sources)
+                else "; ".join(sorted({lc for lc in licences if lc})) or "unknown"
+            ),
+        }
+        return _write(images, names, res, out, crop, quality, lossless, about, progress)
+
+
+def _write(
+    images: dict[str, Loader],
+    names: list[str],
+    res: int,
+    out: Path,
+    crop: str,
+    quality: int,
+    lossless: bool,
+    about: dict[str, object],
+    progress: bool,
+) -> dict[str, object]:
+    """The archive: the images (`names` of `images`, cropped and resized to `res`) and the index (their
+    figures and `about`: sources, licence), written to a temporary file renamed to `out` once complete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
     os.close(fd)
@@ -70,14 +113,11 @@ def prepare_data(
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
             for name in tqdm(names, desc=f"{res}px WebP", unit="img", disable=not progress):
                 try:
-                    with Image.open(files[name]) as im:
-                        box = crop_box(
-                            *im.size, crop
-                        )  # celeba: the face crop; wide, centre: the largest square
-                        img = im.convert("RGB").crop(box)
-                except (OSError, UnidentifiedImageError) as e:
+                    im = images[name]()
+                    img = im.crop(crop_box(*im.size, crop))  # celeba: the face crop; else the largest square
+                except (OSError, UnidentifiedImageError, DataError) as e:
                     skipped += 1
-                    tqdm.write(f"skipping unreadable {files[name]}: {e}")
+                    tqdm.write(f"skipping unreadable {name}: {e}")
                     continue
                 smallest = min(smallest, img.size[0])
                 img = img.resize((res, res), Image.Resampling.LANCZOS)
@@ -95,16 +135,7 @@ def prepare_data(
                 "smallest_crop_px": smallest,
                 "upscaled": smallest < res,
                 "format": "webp lossless" if lossless else f"webp q{quality}",
-                "sources": [
-                    {"path": str(Path(s).resolve().name), "kind": k}
-                    for s, k in zip(sources, kinds, strict=True)
-                ],
-                "licence": licence
-                or (
-                    CELEBA_LICENCE
-                    if "celeba" in kinds or any("celeba" in str(s) for s in sources)
-                    else "unknown"
-                ),
+                **about,
             }
             zf.writestr("index.json", json.dumps(index, indent=1))
         os.replace(tmp, out)
@@ -114,10 +145,47 @@ def prepare_data(
     return index
 
 
+def _file_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def source_images(src: Source, stack: ExitStack) -> Iterator[tuple[str, Loader]]:
+    """Every image of a data source (whatever `train --data` reads) by name, each loaded in RGB only when
+    called: files and archive members from disk (an archive stays open in `stack`), arrays from memory.
+    Names: a file's or member's stem (so the same CelebA id in two sets is one face), an array's row as
+    <source>-<row>."""
+    if src.kind in ("folder", "celeba"):
+        for f in src.files:
+            yield f.stem, functools.partial(_file_rgb, f)
+    elif src.kind == "zip":
+        zf = stack.enter_context(open_zip(src.path))
+        for member in zip_members(src.path):
+            yield Path(member).stem, functools.partial(zip_member_rgb, zf, src.path, member)
+    else:
+        arr = load_cifar(src) if src.kind == "cifar10" else load_array(src.path)
+        for i, a in enumerate(arr):
+            yield f"{src.path.stem}-{i:06d}", functools.partial(Image.fromarray, a)
+
+
+def source_licence(src: Source) -> str | None:
+    """What the source says of its licence: a prepare-data archive's index, CIFAR-10's terms, else None."""
+    if src.kind == "zip":
+        return str(zip_index(src.path).get("licence") or "") or None
+    if src.kind == "cifar10":
+        return "CIFAR-10 (Krizhevsky 2009): see the data set's terms"
+    return None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "sources", nargs="+", metavar="SRC", help="folders of images (CelebA's img_align_celeba, …)"
+        "sources",
+        nargs="+",
+        metavar="SRC",
+        help="what train --data reads: folders of images (CelebA's img_align_celeba, …), a prepare-data "
+        "zip, CIFAR-10 batches, .npy/.npz arrays",
     )
+    p.add_argument("--cifar-class", help="CIFAR-10 data: keep one class (e.g. automobile or car)")
     p.add_argument("--res", type=int, required=True, help="resolution of the archive's square images")
     p.add_argument("--out", required=True, help="the zip to write (e.g. faces-64.zip)")
     p.add_argument(
@@ -153,6 +221,7 @@ def run(a: argparse.Namespace) -> int:
         quality=a.quality,
         lossless=a.lossless,
         limit=a.limit,
+        cifar_class=a.cifar_class,
         progress=not a.quiet,
     )
     size = Path(a.out).stat().st_size

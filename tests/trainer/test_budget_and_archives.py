@@ -53,6 +53,45 @@ def test_archive_holds_the_folder_faces(faces_zip: Path, faces_dir: Path, tmp_pa
     assert (shuffled > 2 * diff).mean() > 0.95
 
 
+def test_prepare_data_reads_what_train_data_reads(faces_zip: Path, tmp_path: Path) -> None:
+    """prepare-data takes every source `train --data` takes: an archive (smaller again, its licence kept),
+    a .npy of faces, CIFAR-10 batches (one class); each archive holds those images at the new size."""
+    import pickle
+
+    small = tmp_path / "faces-16.zip"
+    assert main(["prepare-data", str(faces_zip), "--res", "16", "--out", str(small), "--quiet"]) == 0
+    index = json.loads(zipfile.ZipFile(small).read("index.json"))
+    assert index["count"] == 512 and index["sources"] == [{"path": faces_zip.name, "kind": "zip"}]
+    assert "non-commercial" in index["licence"]
+    want = load_images(faces_zip, 16, cache_dir=tmp_path / "c", progress=False).astype(np.int16)
+    got = load_images(small, 16, cache_dir=tmp_path / "c", progress=False).astype(np.int16)
+    # the same faces in the same order, WebP-encoded once more (4:2:0 chroma at 16 px): a different face is
+    # much further away
+    diff = np.abs(got - want).mean(axis=(1, 2, 3))
+    assert diff.mean() < 8.0 and (np.abs(got - want[::-1]).mean(axis=(1, 2, 3)) > 2 * diff).mean() > 0.95
+
+    faces = load_images(faces_zip, 32, cache_dir=tmp_path / "c", progress=False)[:20]
+    np.save(tmp_path / "faces.npy", faces)
+    arr = tmp_path / "from-npy.zip"
+    argv = ["prepare-data", str(tmp_path / "faces.npy"), "--res", "32", "--out", str(arr), "--quiet"]
+    assert main([*argv, "--lossless"]) == 0
+    index = json.loads(zipfile.ZipFile(arr).read("index.json"))
+    assert index["count"] == 20 and index["sources"][0]["kind"] == "array"
+    assert np.array_equal(load_images(arr, 32, cache_dir=tmp_path / "c", progress=False), faces)
+
+    cifar = tmp_path / "cifar"
+    cifar.mkdir()
+    rows = faces.transpose(0, 3, 1, 2).reshape(20, 3072)  # CIFAR's layout: 1024 R, then G, then B
+    batch = {b"data": rows, b"labels": [1, 3] * 10}
+    (cifar / "data_batch_1").write_bytes(pickle.dumps(batch))
+    cars = tmp_path / "cars.zip"
+    argv = ["prepare-data", str(cifar), "--cifar-class", "car", "--res", "32", "--out", str(cars)]
+    assert main([*argv, "--lossless", "--quiet"]) == 0
+    index = json.loads(zipfile.ZipFile(cars).read("index.json"))
+    assert index["count"] == 10 and index["licence"].startswith("CIFAR-10")
+    assert np.array_equal(load_images(cars, 32, cache_dir=tmp_path / "c", progress=False), faces[::2])
+
+
 def test_bad_archives_get_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     empty = tmp_path / "empty.zip"
     with zipfile.ZipFile(empty, "w") as zf:

@@ -43,10 +43,30 @@ def test_dry_run_prints_schedule(capsys, faces_dir: Path) -> None:
 
 def test_paper_preset_schedule(capsys, faces_dir: Path) -> None:
     assert (
-        main(["train", "--data", str(faces_dir), "--preset", "paper", "--max-res", "256", "--dry-run"]) == 0
+        main(
+            [
+                "train",
+                "--data",
+                str(faces_dir),
+                "--preset",
+                "paper",
+                "--max-res",
+                "256",
+                "--dry-run",
+                "--allow-upscale",
+            ]
+        )
+        == 0
     )
     out = capsys.readouterr().out
     assert "800.0" in out and "total 10400.0 kimg" in out  # 800 + 2 * 800 * 6
+
+
+def test_a_dry_run_refuses_what_the_run_would(capsys, faces_dir: Path) -> None:
+    """--dry-run checks the data's honest resolution as the run would (CelebA's 140 px crops give 128)."""
+    assert _train("--data", str(faces_dir), "--max-res", "256", "--dry-run") == 2
+    assert "256x256 is more than" in capsys.readouterr().err
+    assert _train("--data", str(faces_dir), "--max-res", "256", "--dry-run", "--allow-upscale") == 0
 
 
 def test_resume_mid_fade_is_exact(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
