@@ -9,7 +9,7 @@ import logging
 import sys
 from typing import Any
 
-from trainer.config import NetConfig, TrainConfig, is_pow2, preset
+from trainer.config import PRESETS, NetConfig, TrainConfig, is_pow2, preset
 
 log = logging.getLogger("trainer")
 
@@ -242,8 +242,6 @@ def resume_defaults(a: argparse.Namespace, state: dict[str, Any]) -> None:
     says otherwise (its train_cfg names the preset; one this trainer no longer has falls back to fast)."""
     if not state.get("model_checkpoint"):
         return
-    from trainer.config import PRESETS
-
     if a.preset is None:
         had = state.get("train_cfg", {}).get("preset")
         a.preset = had if had in PRESETS else None
