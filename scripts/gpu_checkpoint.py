@@ -18,14 +18,14 @@ import json
 import sys
 from pathlib import Path
 
-from trainer.checkpoint import CheckpointError, atomic_torch_save, load_state, packed_bytes, unpacked_state
+from trainer.checkpoint import Checkpoint, CheckpointError
 
 PART_BYTES = 15 * 2**20
 
 
 def pack(run_dir: Path, out: Path) -> list[Path]:
-    state = load_state(run_dir)
-    blob = packed_bytes(state)
+    ck = Checkpoint.load(run_dir)
+    blob = ck.packed()
     out.mkdir(parents=True, exist_ok=True)
     parts = []
     for i in range(0, len(blob), PART_BYTES):
@@ -38,8 +38,8 @@ def pack(run_dir: Path, out: Path) -> list[Path]:
                 "sha256": hashlib.sha256(blob).hexdigest(),
                 "bytes": len(blob),
                 "parts": len(parts),
-                "kimg": state.get("kimg"),
-                "res": state.get("res"),
+                "kimg": ck.kimg,
+                "res": ck.res,
             }
         )
     )
@@ -54,9 +54,8 @@ def unpack(parts: list[Path], out_dir: Path) -> Path:
         meta = json.loads(meta_path.read_text())
         if hashlib.sha256(blob).hexdigest() != meta["sha256"] or len(parts) != meta["parts"]:
             raise SystemExit(f"error: the parts do not match {meta_path} (missing or damaged part)")
-    state = unpacked_state(blob)
     path = out_dir / "checkpoint.pt"
-    atomic_torch_save(state, path)
+    Checkpoint.unpacked(blob).save(path)
     return path
 
 

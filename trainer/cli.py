@@ -7,9 +7,12 @@ import dataclasses
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer.config import PRESETS, NetConfig, TrainConfig, is_pow2, preset
+
+if TYPE_CHECKING:
+    from trainer.checkpoint import Checkpoint
 
 log = logging.getLogger("trainer")
 
@@ -176,10 +179,10 @@ def runtime_overrides(a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def check_network_flags(a: argparse.Namespace, state: dict[str, Any]) -> None:
+def check_network_flags(a: argparse.Namespace, ck: Checkpoint) -> None:
     """A resumed checkpoint brings its own network: network flags that disagree with it are an error, not
     silently ignored (nothing is trained or written)."""
-    have = {**dataclasses.asdict(NetConfig()), **state["net_cfg"]}  # older checkpoints: the defaults
+    have = dataclasses.asdict(ck.net)  # older checkpoints: the defaults for what they did not record
     given = {"z_dim": a.z_dim, "fmap_base": a.fmap_base, "fmap_max": a.fmap_max}
     if a.arch != "progan":
         given["arch"] = a.arch
@@ -203,13 +206,11 @@ RUN_KEEPS = (
 )  # fmt: skip
 
 
-def check_run_flags(a: argparse.Namespace, state: dict[str, Any]) -> None:
+def check_run_flags(a: argparse.Namespace, ck: Checkpoint) -> None:
     """A run's checkpoint continues on its own schedule: flags that would change it (the preset, --max-res,
     the minibatch, the learning rate, kimg, loss settings) and disagree with it are an error rather than
     silently ignored; the same values are fine (scripts repeat them). Nothing is trained or written."""
-    from trainer.checkpoint import net_config
-
-    train, net = TrainConfig.from_json(state["train_cfg"]), net_config(state)
+    train, net = ck.train, ck.net
     res = [r for r in net.resolutions if r >= train.start_res] if net.arch == "progan" else [net.max_res]
     wrong = []
     if a.preset is not None and a.preset != train.preset:
@@ -237,16 +238,16 @@ def check_run_flags(a: argparse.Namespace, state: dict[str, Any]) -> None:
         )
 
 
-def resume_defaults(a: argparse.Namespace, state: dict[str, Any]) -> None:
+def resume_defaults(a: argparse.Namespace, ck: Checkpoint) -> None:
     """A model folder trains further with its own preset and at its own resolution unless the command line
     says otherwise (its train_cfg names the preset; one this trainer no longer has falls back to fast)."""
-    if not state.get("model_checkpoint"):
+    if not ck.is_model:
         return
     if a.preset is None:
-        had = state.get("train_cfg", {}).get("preset")
+        had = ck.train_cfg.get("preset")
         a.preset = had if had in PRESETS else None
     if a.max_res is None:
-        a.max_res = int(state["res"])
+        a.max_res = ck.res
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -264,35 +265,35 @@ def cmd_train(a: argparse.Namespace) -> int:
             "--extend-kimg and --minutes both set how long a new run trains; --minutes plans every phase "
             "to fit the time: give one of them"
         )
-    state = None
+    ck = None
     if a.resume is not None:  # loaded and resolved here, once: the loop trains with these configs
-        from trainer.checkpoint import load_state
+        from trainer.checkpoint import Checkpoint
 
-        state = load_state(a.resume)
-        check_network_flags(a, state)
-        if not state.get("model_checkpoint"):
-            check_run_flags(a, state)
-        resume_defaults(a, state)
+        ck = Checkpoint.load(a.resume)
+        check_network_flags(a, ck)
+        if not ck.is_model:
+            check_run_flags(a, ck)
+        resume_defaults(a, ck)
     a.preset = a.preset or "fast"
     net, cfg = resolve_configs(a)
     overrides = runtime_overrides(a)
-    if state is not None:
+    if ck is not None:
         from trainer.loop import resolve_resume
 
-        if state.get("model_checkpoint") and not a.data:
+        if ck.is_model and not a.data:
             raise ValueError(f"--data is required to train {a.resume} further (the faces to train on)")
-        net, cfg = resolve_resume(state, net, cfg, a.extend_kimg or 0.0, overrides)
-        a.data = a.data or state["data"]
+        net, cfg = resolve_resume(ck, net, cfg, a.extend_kimg or 0.0, overrides)
+        a.data = a.data or ck.data
     elif a.extend_kimg is not None:  # a new run: its final stabilisation gets that much longer
         cfg = dataclasses.replace(cfg, extra_kimg=a.extend_kimg)
     kw = dict(cache_dir=a.cache_dir, cifar_class=a.cifar_class, allow_upscale=a.allow_upscale)
     if a.dry_run:
-        if state is None or state.get("model_checkpoint"):  # a run's own data may live on another machine
+        if ck is None or ck.is_model:  # a run's own data may live on another machine
             from trainer.data import check_resolution, find_source
 
             check_resolution(find_source(a.data, a.cifar_class), net.max_res, a.allow_upscale)
         print(json.dumps({"net": dataclasses.asdict(net), "train": cfg.to_json(), "data": a.data}, indent=2))
-        if a.minutes is None or (state is not None and not state.get("model_checkpoint")):
+        if a.minutes is None or (ck is not None and not ck.is_model):
             print(describe_schedule(net, cfg))
         else:  # the plan this machine would make: data decode and throughput probe, no training
             print(f"planning {a.minutes:g} minutes on this machine (decode, throughput probe) …", flush=True)
@@ -301,7 +302,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                     net,
                     cfg,
                     a.data,
-                    resume_state=state,
+                    resume=ck,
                     progress=not a.quiet,
                     minutes=a.minutes,
                     grow_fraction=a.grow_fraction,
@@ -314,7 +315,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg,
         a.data,
         a.out,
-        resume_state=state,
+        resume=ck,
         progress=not a.quiet,
         minutes=a.minutes,
         grow_fraction=a.grow_fraction,

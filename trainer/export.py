@@ -31,9 +31,7 @@ from trainer.checkpoint import (
     LoadedGenerator,
     load_generator,
     not_fp16_finite,
-    save_model_checkpoint,
 )
-from trainer.config import TrainConfig, locate, schedule
 from trainer.networks import EqualizedConv2d, EqualizedLinear, GBlock, Generator, PixelNorm, res_key
 
 if TYPE_CHECKING:
@@ -396,12 +394,7 @@ def trained_resolutions(lg: LoadedGenerator) -> list[int]:
 
 def checkpoint_alpha(lg: LoadedGenerator) -> float:
     """alpha of the top resolution when the checkpoint was written (mid-fade checkpoints export the blend)."""
-    st = lg.state
-    if lg.arch == "dcgan" or "train_cfg" not in st or "cur_nimg" not in st:
-        return 1.0
-    phases = schedule(lg.net_cfg, TrainConfig.from_json(st["train_cfg"]))
-    idx, alpha = locate(phases, int(st["cur_nimg"]))
-    return alpha if phases[idx].res == lg.res else 1.0
+    return lg.ckpt.top_alpha()
 
 
 @dataclass
@@ -529,7 +522,7 @@ def export_model(
             fname = f"G_{r}.onnx"
             onnx.checker.check_model(str(tmp / fname), full_check=True)
             files[r] = FileEntry.of(tmp / fname)
-        st = lg.state
+        ck = lg.ckpt
         mean_err, max_err = fp16_storage_error(with_up(G32, up == "fused"), G_up, top, lg.z_dim)
         weights = WeightsEntry.of(
             tmp / WEIGHTS_FILE,
@@ -549,22 +542,22 @@ def export_model(
             consistency=report,
             provenance=Provenance(
                 architecture=cast(Architecture, lg.arch),
-                dataset=f"{dataset_label(st.get('data'), st.get('data_index'))} "
-                f"({st.get('num_images', '?')} images)",
-                license=dataset_licence(str(st.get("data", "")), st.get("data_index")),
-                kimg=round(float(st.get("kimg", 0.0)), 3),
-                preset=st.get("train_cfg", {}).get("preset", "unknown"),
-                commit=st.get("commit", "unknown"),
+                dataset=f"{dataset_label(ck.data, ck.data_index)} "
+                f"({'?' if ck.num_images is None else ck.num_images} images)",
+                license=dataset_licence(ck.data, ck.data_index),
+                kimg=round(ck.kimg, 3),
+                preset=ck.train_cfg.get("preset", "unknown"),
+                commit=ck.commit,
                 date=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
                 checkpoint=str(Path(checkpoint).name),
                 net_config=asdict(lg.net_cfg),
-                trainer_config=st.get("train_cfg", {}),
+                trainer_config=ck.train_cfg,
             ),
             metrics={str(m["resolution"]): m for m in (metrics or [])},
             total_bytes=total_bytes(files, weights),
         )
-        if all(k in st for k in ("G", "D", "G_ema")) and with_checkpoint:
-            save_model_checkpoint(st, tmp / MODEL_CHECKPOINT)  # for `train --resume models/NAME`
+        if ck.trainable and with_checkpoint:
+            ck.save_model(tmp / MODEL_CHECKPOINT)  # for `train --resume models/NAME`
         (tmp / MANIFEST_FILE).write_text(manifest.to_json())
         if out.exists():  # --force: swap in, then drop the old one
             for f in out.iterdir():  # a model card, notes, evaluate's reports: not ours to lose

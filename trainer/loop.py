@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from trainer import losses
 from trainer.budget import Probe
-from trainer.checkpoint import CheckpointError, RunState, git_commit, net_config
+from trainer.checkpoint import Checkpoint, CheckpointError, RunState, git_commit
 from trainer.config import NetConfig, Phase, TrainConfig, locate, phase_start_nimg, schedule
 from trainer.data import load_images, load_pyramid, zip_index
 from trainer.networks import blend, build_networks, downsample2x, fading, res_key, upsample2x
@@ -193,23 +193,22 @@ def fade_reals(x: Tensor, alpha: float | Tensor) -> Tensor:
     return blend(upsample2x(downsample2x(x)), x, alpha) if fading(alpha) else x
 
 
-def load_grown(G: nn.Module, D: nn.Module, G_ema: nn.Module, state: dict[str, Any], net: NetConfig) -> None:
+def load_grown(G: nn.Module, D: nn.Module, G_ema: nn.Module, ck: Checkpoint, net: NetConfig) -> None:
     """A model checkpoint's weights into (possibly larger) networks: only the layers of resolutions above
     the model's may be missing, and they keep their fresh initialisation."""
-    res = int(state["res"])
-    new = {res_key(r) for r in net.resolutions if r > res}
+    new = {res_key(r) for r in net.resolutions if r > ck.res}
     for name, module in (("G", G), ("D", D), ("G_ema", G_ema)):
         try:
-            missing, unexpected = module.load_state_dict(state[name], strict=False)
+            missing, unexpected = module.load_state_dict(ck.nets[name], strict=False)
         except RuntimeError as e:  # shapes that differ: strict=False forgives only missing or extra keys
             raise CheckpointError(
-                f"{state['path']}: the {name} weights do not fit the network its metadata describes "
+                f"{ck.path}: the {name} weights do not fit the network its metadata describes "
                 f"({load_error(e)}); the file is damaged or was not written by this trainer's export"
             ) from e
         wrong = [k for k in missing if not any(f".{b}." in f".{k}" for b in new)]
         if unexpected or wrong:
             raise CheckpointError(
-                f"{state['path']}: the {name} weights do not fit this network "
+                f"{ck.path}: the {name} weights do not fit this network "
                 f"(missing {wrong[:3]}, unexpected {unexpected[:3]})"
             )
 
@@ -395,7 +394,7 @@ class TrainResult:
 
 
 def resumed_configs(
-    state: dict[str, Any],
+    ck: Checkpoint,
     max_steps: int | None,
     extend_kimg: float,
     overrides: dict[str, Any] | None = None,
@@ -404,16 +403,15 @@ def resumed_configs(
     settings in `overrides` (amp, channels_last, compile, cuda_graph, tick_kimg, checkpoint_minutes) may
     change. --cuda-graph holds for the command that gives it: a graphed run resumes eagerly without it
     (on a CPU, say)."""
-    extra = state["train_cfg"].get("extra_kimg", 0.0) + extend_kimg
-    cfg = {**state["train_cfg"], "cuda_graph": False, **(overrides or {})}
-    return net_config(state), TrainConfig.from_json({**cfg, "max_steps": max_steps, "extra_kimg": extra})
+    extra = ck.train_cfg.get("extra_kimg", 0.0) + extend_kimg
+    cfg = {**ck.train_cfg, "cuda_graph": False, **(overrides or {})}
+    return ck.net, TrainConfig.from_json({**cfg, "max_steps": max_steps, "extra_kimg": extra})
 
 
-def grown_configs(state: dict[str, Any], net: NetConfig, cfg: TrainConfig) -> tuple[NetConfig, TrainConfig]:
+def grown_configs(ck: Checkpoint, net: NetConfig, cfg: TrainConfig) -> tuple[NetConfig, TrainConfig]:
     """Continuing a model folder: its network (grown to `net.max_res`), the given schedule from the
     model's resolution on."""
-    have = net_config(state)
-    res = int(state["res"])
+    have, res = ck.net, ck.res
     if net.max_res < res:
         raise ValueError(f"--max-res {net.max_res} is below the model's {res}x{res}; it can only grow")
     return dataclasses.replace(have, max_res=net.max_res), dataclasses.replace(cfg, start_res=res)
@@ -458,7 +456,7 @@ def plan_run(net: NetConfig, cfg: TrainConfig, data: str | Path, **kw: Any) -> s
 
 
 def resolve_resume(
-    state: dict[str, Any],
+    ck: Checkpoint,
     net: NetConfig,
     cfg: TrainConfig,
     extend_kimg: float = 0.0,
@@ -467,10 +465,10 @@ def resolve_resume(
     """The configs a resume trains with, worked out once (by the caller of `train`): a run's checkpoint
     keeps its own (`resumed_configs`); a model folder's grows to `net.max_res` in a new run, its final
     stabilisation `extend_kimg` longer (`grown_configs`)."""
-    if state.get("model_checkpoint"):
-        net, cfg = grown_configs(state, net, cfg)
+    if ck.is_model:
+        net, cfg = grown_configs(ck, net, cfg)
         return net, dataclasses.replace(cfg, extra_kimg=extend_kimg)
-    return resumed_configs(state, cfg.max_steps, extend_kimg, overrides)
+    return resumed_configs(ck, cfg.max_steps, extend_kimg, overrides)
 
 
 def _run(
@@ -480,7 +478,7 @@ def _run(
     out: str | Path,
     *,
     dry_run: bool,
-    resume_state: dict[str, Any] | None = None,
+    resume: Checkpoint | None = None,
     cache_dir: str | Path | None = None,
     cifar_class: str | None = None,
     allow_upscale: bool = False,
@@ -488,7 +486,7 @@ def _run(
     minutes: float | None = None,
     grow_fraction: float = 0.4,
 ) -> TrainResult | str:
-    """`resume_state`: a checkpoint from `load_state`, with `net` and `cfg` from `resolve_resume` on it. A
+    """`resume`: a checkpoint from `Checkpoint.load`, with `net` and `cfg` from `resolve_resume` on it. A
     run's checkpoint continues in its own folder on its own schedule; a model folder's starts a new run."""
     started = time.monotonic()  # the rows' wall_s count from here: loading and the probe included
     deadline = started + minutes * 60 if minutes else None
@@ -499,15 +497,15 @@ def _run(
 
         check_graph_run(cfg, device, d.world)
     torch.manual_seed(cfg.seed)
-    continuing = resume_state is not None and not resume_state.get("model_checkpoint")
+    continuing = resume is not None and not resume.is_model
     phases = schedule(net, cfg)
 
     pyramid = load_training_images(
         data, net, d, progress, cache_dir, cifar_class, allow_upscale, min_res=cfg.start_res
     )
     s = new_run_state(net, cfg, data, pyramid, device, d)
-    if resume_state is not None:
-        restore(s, resume_state, phases, d)
+    if resume is not None:
+        restore(s, resume, phases, d)
     ctx = step_context(s, device, d)
     reals_on_device = DeviceImages(pyramid, device)  # one resolution at a time, shared with the probe
 
@@ -523,7 +521,7 @@ def _run(
         s,
         d,
         device,
-        resumed=resume_state,
+        resumed=resume,
         probe=probe,
         reals=pyramid[net.max_res],
         cifar_class=cifar_class,
@@ -607,35 +605,37 @@ def new_run_state(
     return RunState(net, cfg, G, D, G_ema, gen, str(data), data_index, len(pyramid[net.max_res]))
 
 
-def restore(s: RunState, state: dict[str, Any], phases: list[Phase], d: Dist) -> None:
+def restore(s: RunState, ck: Checkpoint, phases: list[Phase], d: Dist) -> None:
     """Put a checkpoint back into `s`: a model folder's weights into the (possibly grown) networks, or a
     run's whole state (weights, Adam, position, every rank's RNG, history) to continue exactly."""
-    if state.get("model_checkpoint"):
-        load_grown(s.G, s.D, s.G_ema, state, s.net)
+    if ck.is_model:
+        load_grown(s.G, s.D, s.G_ema, ck, s.net)
         return
     try:
-        s.G.load_state_dict(state["G"])
-        s.D.load_state_dict(state["D"])
-        s.G_ema.load_state_dict(state["G_ema"])
-        s.cur_nimg, s.steps = int(state["cur_nimg"]), int(state["steps"])
+        s.G.load_state_dict(ck.nets["G"])
+        s.D.load_state_dict(ck.nets["D"])
+        s.G_ema.load_state_dict(ck.nets["G_ema"])
+        if ck.cur_nimg is None:
+            raise ValueError("it records no image count")
+        s.cur_nimg, s.steps = ck.cur_nimg, ck.steps
         phase, _ = locate(phases, s.cur_nimg)
-        s.opt_phase = int(state.get("opt_phase", phase))
+        s.opt_phase = phase if ck.opt_phase is None else ck.opt_phase
         lr = phases[phase].lr
         s.opt_G, s.opt_D = (
             make_optimizer(s.G, lr, s.cfg, s.net.arch),
             make_optimizer(s.D, lr, s.cfg, s.net.arch),
         )
-        if state["opt_G"] and state["opt_D"]:  # a packed checkpoint has none: Adam starts fresh
-            s.opt_G.load_state_dict(state["opt_G"])
-            s.opt_D.load_state_dict(state["opt_D"])
+        if ck.opt:  # a packed checkpoint has none: Adam starts fresh
+            s.opt_G.load_state_dict(ck.opt["G"])
+            s.opt_D.load_state_dict(ck.opt["D"])
             for group in (*s.opt_G.param_groups, *s.opt_D.param_groups):
                 # a --cuda-graph run saves Adam capturable, which a CPU cannot step; a graph sets it again
                 group["capturable"] = False
-        restore_rank_rng(s.gen, state["rng"], d, s.cfg.seed, s.steps)
-        torch.set_rng_state(state["rng"]["torch"])
-        s.history = list(state.get("history", []))
+        restore_rank_rng(s.gen, ck.rng, d, s.cfg.seed, s.steps)
+        torch.set_rng_state(ck.rng["torch"])
+        s.history = list(ck.history)
     except (KeyError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{state['path']}: cannot resume from it: {load_error(e)}") from e
+        raise CheckpointError(f"{ck.path}: cannot resume from it: {load_error(e)}") from e
 
 
 def load_error(e: BaseException, most: int = 2) -> str:
@@ -732,7 +732,7 @@ class RunFiles:
         d: Dist,
         device: torch.device,
         *,
-        resumed: dict[str, Any] | None,
+        resumed: Checkpoint | None,
         probe: Probe | None,
         reals: np.ndarray,
         cifar_class: str | None,
@@ -740,10 +740,10 @@ class RunFiles:
         """A continued run's own folder (`resumed` is its checkpoint), else the next numbered one under `out`
         (a fresh run, or one that grows the model folder `resumed`), with its config."""
         net, cfg = s.net, s.cfg
-        continued = resumed is not None and not resumed.get("model_checkpoint")
+        continued = resumed is not None and not resumed.is_model
         if continued:
             assert resumed is not None
-            run_dir = Path(resumed["path"]).parent
+            run_dir = Path(resumed.path).parent
         elif d.main:
             run_dir = next_run_dir(Path(out), f"{net.arch}-{cfg.preset}-{net.max_res}")
         else:
@@ -772,7 +772,7 @@ class RunFiles:
         s: RunState,
         d: Dist,
         device: torch.device,
-        resumed: dict[str, Any] | None,
+        resumed: Checkpoint | None,
         probe: Probe | None,
         cifar_class: str | None,
     ) -> None:
@@ -789,7 +789,7 @@ class RunFiles:
             "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
             "world_size": d.world,
             "data_index": s.data_index,
-            "resumed_from": None if resumed is None else resumed["path"],
+            "resumed_from": None if resumed is None else resumed.path,
         }
         (self.dir / "config.json").write_text(json.dumps(config, indent=2))
         if probe:

@@ -18,7 +18,7 @@ import torch
 
 from tests.conftest import REPO, free_port
 from trainer.budget import BudgetError, Probe, plan_to_fit
-from trainer.checkpoint import MODEL_CHECKPOINT, load_state
+from trainer.checkpoint import MODEL_CHECKPOINT, Checkpoint
 from trainer.cli import main
 from trainer.config import NetConfig, TrainConfig, preset, schedule
 from trainer.data import DataError, find_source, load_images
@@ -255,15 +255,15 @@ def test_minutes_run_plans_and_stops_at_its_deadline(
     (run,) = tmp_path.iterdir()
     plan = (run / "plan.txt").read_text()
     assert "img/s" in plan and "minutes" in plan
-    state = load_state(run)  # a valid checkpoint wherever it stopped (a busy machine may not reach 16x16)
-    res = state["res"]
+    ck = Checkpoint.load(run)  # a valid checkpoint wherever it stopped (a busy machine may not reach 16x16)
+    res = ck.res
     assert (run / f"G_ema-{res:04d}.pt").exists() and any((run / "grids").glob(f"end-res{res:04d}-*.png"))
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["data_index"]["resolution"] == 32 and cfg["train"]["last_kimg"] > cfg["train"]["fade_kimg"]
     # a deadline cuts a resumed run short, cleanly
     assert main(["train", "--quiet", "--resume", str(run), "--extend-kimg", "1000", "--minutes", "0.1"]) == 0
-    after = load_state(run)
-    assert after["cur_nimg"] > state["cur_nimg"] and (run / f"G_ema-{after['res']:04d}.pt").exists()
+    after = Checkpoint.load(run)
+    assert after.cur_nimg > ck.cur_nimg and (run / f"G_ema-{after.res:04d}.pt").exists()
     assert main([*args, "--out", str(tmp_path), "--minutes", "-1"]) == 2
 
 
@@ -287,10 +287,10 @@ def test_a_plan_that_ends_early_trains_on_to_its_deadline(
     took = time.monotonic() - t
     (run,) = tmp_path.iterdir()
     planned = float((run / "plan.txt").read_text().splitlines()[-1].split()[1])  # "total K kimg, ..."
-    state = load_state(run)
-    extra = state["train_cfg"]["extra_kimg"]
-    assert extra > 0 and state["cur_nimg"] / 1000 > planned + 0.5 * extra
-    assert state["cur_nimg"] / 1000 > 2 * planned  # the probe's rates were a quarter of the real ones
+    ck = Checkpoint.load(run)
+    extra = ck.train.extra_kimg
+    assert ck.cur_nimg is not None and extra > 0 and ck.cur_nimg / 1000 > planned + 0.5 * extra
+    assert ck.cur_nimg / 1000 > 2 * planned  # the probe's rates were a quarter of the real ones
     # the schedule's end moves to within a few seconds of the deadline less the final save's time
     assert 45 - budget.FINAL_SAVE_S - 10 < took < 45 + 15
     wall = [json.loads(x)["wall_s"] for x in (run / "stats.jsonl").read_text().splitlines()]
@@ -382,9 +382,9 @@ def test_two_ranks_share_one_plan_and_one_deadline(faces_dir: Path, tmp_path: Pa
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = out.iterdir()
-    state = load_state(run)
-    assert (run / "plan.txt").exists() and state["res"] == 8
-    assert state["train_cfg"]["extra_kimg"] > 0  # the final stabilisation went on past the plan
+    ck = Checkpoint.load(run)
+    assert (run / "plan.txt").exists() and ck.res == 8
+    assert ck.train.extra_kimg > 0  # the final stabilisation went on past the plan
 
 
 # ---------------------------------------------------------------------------- models that train further
@@ -412,9 +412,9 @@ def test_export_writes_a_checkpoint_that_grows(
 ) -> None:
     ckpt = tiny_model_dir / MODEL_CHECKPOINT
     assert ckpt.exists()
-    state = load_state(tiny_model_dir)
-    assert state["model_checkpoint"] and state["res"] == 16
-    assert all(t.dtype == torch.float32 for t in state["G"].values())
+    ck = Checkpoint.load(tiny_model_dir)
+    assert ck.is_model and ck.res == 16 and not ck.opt
+    assert all(t.dtype == torch.float32 for t in ck.nets["G"].values())
     rc = main(
         [
             "train", "--resume", str(tiny_model_dir), "--data", str(faces_dir), "--preset", "tiny",
@@ -423,8 +423,8 @@ def test_export_writes_a_checkpoint_that_grows(
     )  # fmt: skip
     assert rc == 0
     (run,) = tmp_path.iterdir()
-    grown = load_state(run)
-    assert grown["res"] == 32 and "blocks.b32.conv0.weight" in grown["G"]
+    grown = Checkpoint.load(run)
+    assert grown.res == 32 and "blocks.b32.conv0.weight" in grown.nets["G"]
     rows = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines()]
     assert rows[0]["res"] == 16 and rows[-1]["res"] == 32  # restabilised at 16, then faded in 32
     cfg = json.loads((run / "config.json").read_text())
@@ -449,11 +449,13 @@ def test_packed_lease_checkpoint_round_trip(tiny_run: Path, tmp_path: Path) -> N
     assert parts and all(p.stat().st_size <= 15 * 2**20 for p in parts)
     run = tmp_path / "00000-back"
     subprocess.run([sys.executable, str(script), "unpack", *map(str, parts), "--out", str(run)], check=True)
-    a, b = load_state(tiny_run), load_state(run)
+    a, b = Checkpoint.load(tiny_run), Checkpoint.load(run)
     for k in ("G", "D", "G_ema"):
-        for name, t in a[k].items():
-            assert torch.equal(t.half().float(), b[k][name])
-    assert b["opt_G"] == {} and b["cur_nimg"] == a["cur_nimg"]
+        for name, t in a.nets[k].items():
+            assert torch.equal(t.half().float(), b.nets[k][name])
+    assert a.opt and not b.opt and b.opt_phase == -1  # Adam starts fresh at the resume
+    assert (b.cur_nimg, b.steps, b.history, b.train_cfg) == (a.cur_nimg, a.steps, a.history, a.train_cfg)
+    assert all(torch.equal(x, y) for x, y in zip(a.rng["gen_ranks"], b.rng["gen_ranks"], strict=True))
     assert main(["train", "--quiet", "--resume", str(run), "--extend-kimg", "0.016"]) == 0
     (out / "ckpt.part0").write_bytes(b"damaged")
     bad = subprocess.run(
@@ -462,6 +464,14 @@ def test_packed_lease_checkpoint_round_trip(tiny_run: Path, tmp_path: Path) -> N
         text=True,
     )
     assert bad.returncode != 0 and "do not match" in bad.stderr
+    snapshot = next(tiny_run.glob("G_ema-*.pt"))  # G_ema alone: nothing a resume could continue
+    bad = subprocess.run(
+        [sys.executable, str(script), "pack", str(snapshot), str(tmp_path / "y")],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "what is packed is a run folder's checkpoint.pt" in bad.stderr
+    assert not (tmp_path / "y").exists()
 
 
 def test_lease_carry_parts_fit_each_call() -> None:
@@ -579,42 +589,38 @@ def test_network_flags_that_contradict_the_checkpoint(
 
 
 def test_model_checkpoint_round_trip(tiny_run: Path, tmp_path: Path) -> None:
-    from trainer.checkpoint import NETS, save_model_checkpoint
+    from trainer.checkpoint import NETS
 
-    state = load_state(tiny_run)
+    ck = Checkpoint.load(tiny_run)
     path = tmp_path / MODEL_CHECKPOINT
-    save_model_checkpoint(state, path)
-    back = load_state(path)
+    ck.save_model(path)
+    back = Checkpoint.load(path)
     for net in NETS:
-        assert back[net].keys() == state[net].keys()
-        for name, t in state[net].items():
+        assert back.nets[net].keys() == ck.nets[net].keys()
+        for name, t in ck.nets[net].items():
             want = t.half().float() if t.is_floating_point() else t
-            assert torch.equal(back[net][name], want), f"{net}.{name}"
-    for key in ("net_cfg", "train_cfg", "res", "cur_nimg", "steps", "data", "data_index"):
-        assert back[key] == json.loads(json.dumps(state[key])), (
-            key
-        )  # metadata is JSON: tuples come back lists
-    assert back["kimg"] == pytest.approx(state["kimg"]) and back["model_checkpoint"] and not back["opt_G"]
+            assert torch.equal(back.nets[net][name], want), f"{net}.{name}"
+    for key in ("net", "res", "cur_nimg", "steps", "data", "num_images", "commit"):
+        assert getattr(back, key) == getattr(ck, key), key
+    for key in ("train_cfg", "data_index"):  # metadata is JSON: tuples come back lists
+        assert getattr(back, key) == json.loads(json.dumps(getattr(ck, key))), key
+    assert back.kimg == pytest.approx(ck.kimg) and back.is_model and not back.opt
+    assert back.stored_position == back.position() == ck.position() is not None  # written, not worked out
 
 
 def test_gpu_preset_checkpoint_at_256_fits_40_mb(tmp_path: Path) -> None:
     """The issue's size budget for a model folder's checkpoint: G, D and G_ema of the `gpu` network at 256
     in fp16, no optimizer state."""
     import copy
-    import dataclasses
-
-    from trainer.checkpoint import save_model_checkpoint
 
     net_kw, train_kw = preset("gpu")
     net = NetConfig(max_res=256, **net_kw)
     G, D = build_networks(net)
-    state = {
-        "net_cfg": dataclasses.asdict(net),
-        "train_cfg": TrainConfig(**train_kw).to_json(),
-        "G": G.state_dict(),
-        "D": D.state_dict(),
-        "G_ema": copy.deepcopy(G).state_dict(),
-        "res": 256,
-    }
-    size = save_model_checkpoint(state, tmp_path / MODEL_CHECKPOINT)
+    ck = Checkpoint(
+        net=net,
+        res=256,
+        nets={"G": G.state_dict(), "D": D.state_dict(), "G_ema": copy.deepcopy(G).state_dict()},
+        train_cfg=TrainConfig(**train_kw).to_json(),
+    )
+    size = ck.save_model(tmp_path / MODEL_CHECKPOINT)
     assert size <= 40e6, f"{size / 1e6:.1f} MB"

@@ -17,6 +17,7 @@ from torch._dynamo.eval_frame import OptimizedModule
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from trainer.checkpoint import Checkpoint
 from trainer.cli import main
 from trainer.config import NetConfig, TrainConfig, preset
 from trainer.graphstep import (
@@ -245,16 +246,15 @@ def test_a_graphed_runs_checkpoint_resumes_anywhere(faces_dir: Path, cache_dir: 
     assert main([*common, "--out", str(tmp_path / "a"), "--max-steps", "8"]) == 0
     assert main([*common, "--out", str(tmp_path / "b"), "--max-steps", "6"]) == 0  # inside the 8 px fade
     (run_a,), (run_b,) = (tmp_path / "a").iterdir(), (tmp_path / "b").iterdir()
-    ckpt = run_b / "checkpoint.pt"
-    state = torch.load(ckpt, weights_only=True)
-    state["train_cfg"]["cuda_graph"] = True
-    for key in ("opt_G", "opt_D"):
-        for group in state[key]["param_groups"]:
+    ck = Checkpoint.load(run_b)
+    ck.train_cfg["cuda_graph"] = True
+    for opt in ck.opt.values():
+        for group in opt["param_groups"]:
             group["capturable"] = True
-    torch.save(state, ckpt)
+    ck.save(run_b / "checkpoint.pt")
     assert main(["train", "--resume", str(run_b), "--max-steps", "8", "--quiet"]) == 0
-    a, b = torch.load(run_a / "checkpoint.pt", weights_only=True), torch.load(ckpt, weights_only=True)
-    assert a["steps"] == b["steps"] == 8
+    a, b = Checkpoint.load(run_a), Checkpoint.load(run_b)
+    assert a.steps == b.steps == 8
     for key in ("G", "D", "G_ema"):
-        for name, t in a[key].items():
-            assert torch.equal(t, b[key][name]), f"{key}.{name}"
+        for name, t in a.nets[key].items():
+            assert torch.equal(t, b.nets[key][name]), f"{key}.{name}"

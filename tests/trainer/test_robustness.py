@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO, free_port
-from trainer.checkpoint import CheckpointError, load_state, save_model_checkpoint
+from trainer.checkpoint import Checkpoint, CheckpointError
 from trainer.cli import main
 
 
@@ -41,8 +41,8 @@ def test_two_process_ddp_on_cpu(faces_dir: Path, cache_dir: Path, tmp_path: Path
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = tmp_path.iterdir()
     assert json.loads((run / "config.json").read_text())["world_size"] == 2
-    state = load_state(run)
-    assert state["steps"] == 6 and state["cur_nimg"] == 6 * 8  # global batch 8 = 2 ranks x 4
+    ck = Checkpoint.load(run)
+    assert ck.steps == 6 and ck.cur_nimg == 6 * 8  # global batch 8 = 2 ranks x 4
 
 
 def test_ddp_resume_gives_every_rank_its_own_draws(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
@@ -54,16 +54,18 @@ def test_ddp_resume_gives_every_rank_its_own_draws(faces_dir: Path, cache_dir: P
     r = _ddp_train(faces_dir, cache_dir, split, "--max-steps", "3")
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = split.iterdir()
-    states = load_state(run)["rng"]["gen_ranks"]
+    states = Checkpoint.load(run).rng["gen_ranks"]
     assert len(states) == 2 and not torch.equal(states[0], states[1])
     r = _torchrun(["-m", "trainer", "train", "--quiet", "--resume", str(run), "--max-steps", "6"])
     assert r.returncode == 0, r.stderr[-3000:]
     (ref,) = whole.iterdir()
-    a, b = load_state(ref), load_state(run)
-    assert a["steps"] == b["steps"] == 6
+    a, b = Checkpoint.load(ref), Checkpoint.load(run)
+    assert a.steps == b.steps == 6
     for net in ("G", "D", "G_ema"):
-        for name, t in a[net].items():
-            assert torch.allclose(t, b[net][name], rtol=0, atol=1e-6), f"{net}.{name} differs after resume"
+        for name, t in a.nets[net].items():
+            assert torch.allclose(t, b.nets[net][name], rtol=0, atol=1e-6), (
+                f"{net}.{name} differs after resume"
+            )
 
 
 NAN_ON_RANK_1 = """
@@ -136,16 +138,16 @@ def test_inf_weights_with_finite_losses_stop_before_any_save(
 def test_weights_beyond_float16_never_reach_a_model_folder(
     tiny_run: Path, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    state = load_state(tiny_run)
-    name = next(iter(state["G"]))
-    state["G"][name] = state["G"][name].clone().fill_(1e6)  # finite in fp32, inf in fp16
+    ck = Checkpoint.load(tiny_run)
+    name = next(iter(ck.nets["G"]))
+    ck.nets["G"][name] = ck.nets["G"][name].clone().fill_(1e6)  # finite in fp32, inf in fp16
     with pytest.raises(CheckpointError, match="inf or nan in float16"):
-        save_model_checkpoint(state, tmp_path / "checkpoint.safetensors")
+        ck.save_model(tmp_path / "checkpoint.safetensors")
     assert not (tmp_path / "checkpoint.safetensors").exists()
 
     run = tmp_path / "run"
     run.mkdir()
-    torch.save({k: v for k, v in state.items() if k != "path"}, run / "checkpoint.pt")
+    ck.save(run / "checkpoint.pt")
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     before = {p.name: p.read_bytes() for p in model.iterdir() if p.is_file()}
@@ -187,9 +189,9 @@ def test_compile_trains_through_a_fade_with_either_penalty(
         logging.getLogger("torch._dynamo.guards.__recompiles").removeHandler(handler)
         torch._logging.set_logs()
     (run,) = tmp_path.iterdir()
-    state = load_state(run)
-    assert state["res"] == 8 and state["steps"] == 4 + 12 + 4  # 32, 96 and 32 images at batch 8
-    assert all(torch.isfinite(t).all() for t in state["G"].values())
+    ck = Checkpoint.load(run)
+    assert ck.res == 8 and ck.steps == 4 + 12 + 4  # 32, 96 and 32 images at batch 8
+    assert all(torch.isfinite(t).all() for t in ck.nets["G"].values())
     assert counters["stats"]["unique_graphs"] > 0  # the networks did run compiled
     assert not [r for r in reasons if "alpha ==" in r], "a fade recompiles for every alpha"
     assert not counters["graph_break"], dict(counters["graph_break"])
@@ -207,14 +209,16 @@ def test_compile_keeps_compiling_as_a_run_grows(
     from torch._dynamo.testing import CompileCounterWithBackend
 
     torch._dynamo.reset()
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)  # the default, whatever ran before
     counter = CompileCounterWithBackend("aot_eager")
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=counter))
     argv = ["train", "--preset", "tiny", "--quiet", "--data", str(faces_dir), "--max-res", "32", "--compile"]
     argv += ["--fade-kimg", "0.032", "--stab-kimg", "0.032"]
     argv += ["--out", str(tmp_path), "--cache-dir", str(cache_dir)]
-    assert main(argv) == 0
+    # from the default, whatever ran before, and back after (monkeypatch's undo would delete the setting,
+    # which a dynamo config then hides from every later test)
+    with torch._dynamo.config.patch(recompile_limit=8):
+        assert main(argv) == 0
     torch._dynamo.reset()
     (run,) = tmp_path.iterdir()
-    assert load_state(run)["res"] == 32
+    assert Checkpoint.load(run).res == 32
     assert counter.frame_count == 4 * 7, counter.frame_count

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bench.pyramid import one_reduction
-from trainer.checkpoint import load_generator, load_state
+from trainer.checkpoint import Checkpoint, SchedulePosition, load_generator
 from trainer.cli import main
 from trainer.data import downsample_box, find_source, load_images
 
@@ -74,14 +74,14 @@ def test_resume_mid_fade_is_exact(faces_dir: Path, cache_dir: Path, tmp_path: Pa
     assert _train(*common, "--out", str(tmp_path / "a"), "--max-steps", "10") == 0
     assert _train(*common, "--out", str(tmp_path / "b"), "--max-steps", "5") == 0
     (run_b,) = (tmp_path / "b").iterdir()
-    assert 0 < load_state(run_b)["cur_nimg"] < 32 * 2  # stopped inside the 8x8 fade
+    assert 0 < Checkpoint.load(run_b).cur_nimg < 32 * 2  # stopped inside the 8x8 fade
     assert _train("--resume", str(run_b), "--max-steps", "10") == 0
     (run_a,) = (tmp_path / "a").iterdir()
-    a, b = load_state(run_a), load_state(run_b)
-    assert a["steps"] == b["steps"] == 10 and a["cur_nimg"] == b["cur_nimg"]
+    a, b = Checkpoint.load(run_a), Checkpoint.load(run_b)
+    assert a.steps == b.steps == 10 and a.cur_nimg == b.cur_nimg
     for key in ("G", "D", "G_ema"):
-        for name, t in a[key].items():
-            assert torch.equal(t, b[key][name]), f"{key}.{name} differs after resume"
+        for name, t in a.nets[key].items():
+            assert torch.equal(t, b.nets[key][name]), f"{key}.{name} differs after resume"
 
 
 def test_dcgan_baseline_uses_the_same_loop(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
@@ -245,10 +245,10 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(faces_dir, cache_dir, tmp_path
         == 0
     )
     (run,) = tmp_path.iterdir()
-    state = load_state(run)
-    for t in state["D"].values():  # a diverged critic: its scores, and so the losses, become NaN
+    ck = Checkpoint.load(run)
+    for t in ck.nets["D"].values():  # a diverged critic: its scores, and so the losses, become NaN
         t.fill_(float("nan"))
-    torch.save({k: v for k, v in state.items() if k != "path"}, run / "checkpoint.pt")
+    ck.save(run / "checkpoint.pt")
     saved = (run / "checkpoint.pt").read_bytes()
     assert main(["train", "--quiet", "--resume", str(run), "--max-steps", "6"]) != 0
     err = capsys.readouterr().err
@@ -277,7 +277,7 @@ def test_full_disk_never_leaves_a_broken_checkpoint(
         == 0
     )
     (run,) = tmp_path.iterdir()
-    good = load_state(run)
+    good = Checkpoint.load(run)
 
     real_save = torch.save
 
@@ -291,7 +291,7 @@ def test_full_disk_never_leaves_a_broken_checkpoint(
     err = capsys.readouterr().err
     assert "No space left" in err and "is intact" in err
     monkeypatch.setattr(ck.torch, "save", real_save)
-    assert load_state(run)["cur_nimg"] == good["cur_nimg"]
+    assert Checkpoint.load(run).cur_nimg == good.cur_nimg
     assert not list(run.glob(".*.tmp"))
 
 
@@ -300,18 +300,18 @@ def test_extend_kimg_lengthens_a_finished_run(tiny_run: Path, tmp_path: Path) ->
 
     run = tmp_path / tiny_run.name
     shutil.copytree(tiny_run, run)
-    before = load_state(run)["cur_nimg"]
+    before = Checkpoint.load(run).cur_nimg
     assert main(["train", "--quiet", "--resume", str(run), "--extend-kimg", "0.032"]) == 0
-    after = load_state(run)
-    assert after["cur_nimg"] == before + 32 and after["train_cfg"]["extra_kimg"] == 0.032
+    after = Checkpoint.load(run)
+    assert before is not None and after.cur_nimg == before + 32 and after.train.extra_kimg == 0.032
 
 
 def test_extend_kimg_lengthens_a_new_run(faces_dir: Path, cache_dir: Path, tmp_path: Path, capsys) -> None:
     args = ["--data", str(faces_dir), "--max-res", "8", "--out", str(tmp_path), "--cache-dir", str(cache_dir)]
     assert _train(*args, "--extend-kimg", "0.016") == 0
     (run,) = tmp_path.iterdir()
-    state = load_state(run)  # tiny to 8x8: 32 images at 4, 32 fading, 32 + 16 stabilising
-    assert state["cur_nimg"] == 3 * 32 + 16 and state["train_cfg"]["extra_kimg"] == 0.016
+    ck = Checkpoint.load(run)  # tiny to 8x8: 32 images at 4, 32 fading, 32 + 16 stabilising
+    assert ck.cur_nimg == 3 * 32 + 16 and ck.train.extra_kimg == 0.016
     assert _train(*args, "--extend-kimg", "-1") == 2
     assert _train(*args, "--extend-kimg", "1", "--minutes", "1") == 2
     err = capsys.readouterr().err
@@ -323,8 +323,8 @@ def test_fused_scale_trains_and_exports(faces_dir: Path, cache_dir: Path, tmp_pa
     args = ["--data", str(faces_dir), "--max-res", "8", "--out", str(runs), "--cache-dir", str(cache_dir)]
     assert _train(*args, "--fused-scale", "--max-steps", "10") == 0  # 4x4, the fade, into the 8x8 stab
     (run,) = runs.iterdir()
-    state = load_state(run)
-    assert state["net_cfg"]["fused_scale"] and state["steps"] == 10
+    ck = Checkpoint.load(run)
+    assert ck.net.fused_scale and ck.steps == 10
     assert main(["export", str(run), "--out", str(tmp_path / "model"), "--no-checkpoint"]) == 0
     import onnxruntime as ort
 
@@ -443,16 +443,16 @@ def test_a_model_checkpoint_records_where_in_its_schedule_it_stopped(
 ) -> None:
     from trainer.export import export_model
 
-    done = load_state(tiny_model_dir)  # a run that finished: its last phase, the 16 px stabilisation
-    assert (done["phase_kind"], done["phase_res"], done["alpha"]) == ("stab", 16, 1.0)
-    assert done["phase"] == 4  # stab 4, fade 8, stab 8, fade 16, stab 16
+    done = Checkpoint.load(tiny_model_dir)  # a run that finished: its last phase, the 16 px stabilisation
+    # stab 4, fade 8, stab 8, fade 16, stab 16, as its metadata says (not worked out again on reading)
+    assert done.stored_position == done.position() == SchedulePosition(4, "stab", 16, 1.0)
     common = ["--data", str(faces_dir), "--max-res", "16", "--cache-dir", str(cache_dir)]
     assert _train(*common, "--out", str(tmp_path / "runs"), "--max-steps", "5") == 0
     (run,) = (tmp_path / "runs").iterdir()
     export_model(run, tmp_path / "mid")
-    mid = load_state(tmp_path / "mid")  # 40 images: inside the 8 px fade (images 32-64)
-    assert (mid["phase"], mid["phase_kind"], mid["phase_res"]) == (1, "fade", 8)
-    assert mid["alpha"] == pytest.approx((40 - 32) / 32)
+    mid = Checkpoint.load(tmp_path / "mid")  # 40 images: inside the 8 px fade (images 32-64)
+    assert mid.stored_position == mid.position() == SchedulePosition(1, "fade", 8, (40 - 32) / 32)
+    assert mid.top_alpha() == (40 - 32) / 32  # what export blends its top graph with
 
 
 def test_adam_restarts_at_every_fade_and_every_stabilisation(
@@ -473,7 +473,7 @@ def test_adam_restarts_at_every_fade_and_every_stabilisation(
     common = ["--data", str(faces_dir), "--max-res", "8", "--cache-dir", str(cache_dir)]
     assert _train(*common, "--out", str(tmp_path)) == 0  # stab 4, fade 8, stab 8: 4 steps each
     (run,) = tmp_path.iterdir()
-    assert load_state(run)["steps"] == 12
+    assert Checkpoint.load(run).steps == 12
     assert made == ["Generator", "Discriminator"] * 3  # a fresh G and D optimizer per phase
 
 

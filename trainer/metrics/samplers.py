@@ -61,12 +61,12 @@ class CheckpointSampler(_ModelSampler):
             return to_uint8_nhwc(img.float()).cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
-        st = self.lg.state
+        ck = self.lg.ckpt
         return {
             "kind": "checkpoint",
             "path": str(self.path),
             "arch": self.arch,
-            "kimg": round(int(st["cur_nimg"]) / 1000, 3) if "cur_nimg" in st else None,
+            "kimg": None if ck.cur_nimg is None else round(ck.cur_nimg / 1000, 3),
             "alpha": self.alpha,
         }
 
