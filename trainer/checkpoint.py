@@ -203,7 +203,7 @@ class Checkpoint:
 
     def top_alpha(self) -> float:
         """alpha of the top resolution when it was written (a mid-fade checkpoint is the blend it was)."""
-        pos = self.position() if self.net.arch == "progan" else None
+        pos = self.position()  # a DCGAN's one phase stabilises: alpha 1
         return pos.alpha if pos is not None and pos.res == self.res else 1.0
 
     # ------------------------------------------------------------------------ writing
@@ -280,15 +280,7 @@ class Checkpoint:
                 f"{self.path or 'the checkpoint'} is a {self.kind} checkpoint; what is packed is a run "
                 "folder's checkpoint.pt"
             )
-        small = dataclasses.replace(
-            self,
-            nets={
-                k: {n: t.half() if t.is_floating_point() else t for n, t in sd.items()}
-                for k, sd in self.nets.items()
-            },
-            opt={},
-            opt_phase=-1,
-        )
+        small = dataclasses.replace(self, nets=_floats_as(self.nets, torch.float16), opt={}, opt_phase=-1)
         buf = io.BytesIO()
         torch.save(small._torch_dict(), buf)
         return buf.getvalue()
@@ -307,10 +299,7 @@ class Checkpoint:
         ):
             raise CheckpointError(f"not a packed checkpoint of this trainer (format {FORMAT_VERSION})")
         ck = cls._from_torch_dict(raw, "the joined parts")
-        ck.nets = {
-            k: {n: t.float() if t.is_floating_point() else t for n, t in sd.items()}
-            for k, sd in ck.nets.items()
-        }
+        ck.nets = _floats_as(ck.nets, torch.float32)
         return ck
 
     def _torch_dict(self) -> dict[str, Any]:
@@ -412,7 +401,8 @@ class Checkpoint:
         nets: dict[str, dict[str, Tensor]] = {k: {} for k in NETS}
         for key, t in tensors.items():
             net, name = key.split(".", 1)
-            nets[net][name] = t.float() if t.is_floating_point() else t
+            nets[net][name] = t
+        nets = _floats_as(nets, torch.float32)
         stored = None
         if "phase" in meta:  # written since 2026-11-29
             stored = SchedulePosition(
@@ -447,6 +437,13 @@ class SchedulePosition:
     alpha: float
 
 
+def _floats_as(nets: dict[str, dict[str, Tensor]], dtype: torch.dtype) -> dict[str, dict[str, Tensor]]:
+    """The state dicts with their floating tensors in `dtype` (integer buffers as they are)."""
+    return {
+        k: {n: t.to(dtype) if t.is_floating_point() else t for n, t in sd.items()} for k, sd in nets.items()
+    }
+
+
 def _net_config(saved: dict[str, Any]) -> NetConfig:
     """The NetConfig a checkpoint saved (keys an older trainer wrote and this one lacks are dropped; keys it
     did not write take their defaults)."""
@@ -457,11 +454,24 @@ def _net_config(saved: dict[str, Any]) -> NetConfig:
 @dataclass
 class LoadedGenerator:
     G: nn.Module  # EMA generator in eval mode; G(z [N, z_dim], res=R) -> [N, 3, R, R] in about [-1, 1]
-    z_dim: int
-    res: int  # highest resolution trained so far
-    arch: str
-    net_cfg: NetConfig
     ckpt: Checkpoint  # what it was read from
+
+    @property
+    def net_cfg(self) -> NetConfig:
+        return self.ckpt.net
+
+    @property
+    def z_dim(self) -> int:
+        return self.ckpt.net.z_dim
+
+    @property
+    def res(self) -> int:
+        """The highest resolution trained so far."""
+        return self.ckpt.res
+
+    @property
+    def arch(self) -> str:
+        return self.ckpt.net.arch
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu") -> LoadedGenerator:
@@ -473,4 +483,4 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Load
     except (RuntimeError, KeyError) as e:
         raise CheckpointError(f"{ck.path}: generator weights do not match its config: {e}") from e
     G.eval().requires_grad_(False).to(device)
-    return LoadedGenerator(G, ck.net.z_dim, ck.res, ck.net.arch, ck.net, ck)
+    return LoadedGenerator(G, ck)

@@ -392,11 +392,6 @@ def trained_resolutions(lg: LoadedGenerator) -> list[int]:
     return [r for r in lg.net_cfg.resolutions if r <= lg.res]
 
 
-def checkpoint_alpha(lg: LoadedGenerator) -> float:
-    """alpha of the top resolution when the checkpoint was written (mid-fade checkpoints export the blend)."""
-    return lg.ckpt.top_alpha()
-
-
 @dataclass
 class ExportResult:
     out: Path
@@ -457,7 +452,7 @@ def export_model(
     never = [r for r in wanted if r not in trained]
     if never:
         raise ValueError(f"resolution(s) {never} were never trained in {checkpoint}; trained: {trained}")
-    top, alpha = max(trained), checkpoint_alpha(lg)
+    top, alpha = max(trained), lg.ckpt.top_alpha()  # a mid-fade checkpoint exports the blend it was
     downscale = sorted(set(downscale or []))
     if downscale and lg.arch != "progan":
         raise ValueError(f"--downscale needs a multi-resolution (progan) model; {checkpoint} is {lg.arch}")

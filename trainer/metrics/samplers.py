@@ -42,12 +42,12 @@ class CheckpointSampler(_ModelSampler):
 
     def __post_init__(self) -> None:
         from trainer.checkpoint import load_generator
-        from trainer.export import checkpoint_alpha, trained_resolutions
+        from trainer.export import trained_resolutions
 
         self.lg = load_generator(self.path, device=self.device)
         self.z_dim, self.arch = self.lg.z_dim, self.lg.arch
         self.resolutions = trained_resolutions(self.lg)
-        self.alpha = checkpoint_alpha(self.lg)  # a mid-fade checkpoint is sampled as the blend it is
+        self.alpha = self.lg.ckpt.top_alpha()  # a mid-fade checkpoint is sampled as the blend it is
 
     def __call__(self, z: np.ndarray, res: int) -> np.ndarray:
         import torch
