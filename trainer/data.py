@@ -3,6 +3,7 @@ resolution (memory-mapped), and draw training batches from it without touching J
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
@@ -13,10 +14,11 @@ import pickle
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -38,6 +40,24 @@ REMAKE_ARCHIVE = (
 
 class DataError(ValueError):
     """A problem with the training data that the user can fix."""
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+# threads for image work: PIL releases the GIL while it decodes, resizes and encodes, and numpy in its reductions
+WORKERS = min(16, os.cpu_count() or 1)
+
+
+def threaded_in_order(
+    fn: Callable[[_T], _R], items: Iterable[_T], *, chunk: int = 256, workers: int | None = None
+) -> Iterator[_R]:
+    """fn(item) for each item, in the items' order, computed `chunk` items at a time on a pool of threads
+    (`workers`, default WORKERS), so that at most one chunk's results wait in memory. The items are drawn
+    on the caller's thread. An exception fn raises reaches the caller at that item."""
+    with ThreadPoolExecutor(max_workers=workers or WORKERS) as pool:
+        it = iter(items)
+        while batch := list(itertools.islice(it, chunk)):
+            yield from pool.map(fn, batch)
 
 
 @dataclass(frozen=True)
@@ -254,8 +274,8 @@ def downsample_box(arr: np.ndarray, chunk: int = 256) -> np.ndarray:
         total //= 4
         out[start : start + chunk] = total
 
-    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
-        list(pool.map(one, range(0, n, chunk)))
+    for _ in threaded_in_order(one, range(0, n, chunk)):
+        pass
     return out
 
 
@@ -271,29 +291,43 @@ def _decode(src: Source, res: int, progress: bool) -> tuple[np.ndarray, int]:
         return _decode_zip(src, res, progress), 0
     out = np.empty((len(src.files), res, res, 3), dtype=np.uint8)
     n, skipped = 0, 0
-    for f in tqdm(
-        src.files, desc=f"decoding {src.path.name} to {res}x{res}", unit="img", disable=not progress
+    decoded = threaded_in_order(functools.partial(_decode_file, kind=src.kind, res=res), src.files)
+    for f, arr in tqdm(
+        zip(src.files, decoded, strict=True),
+        total=len(src.files),
+        desc=f"decoding {src.path.name} to {res}x{res}",
+        unit="img",
+        disable=not progress,
     ):
-        try:
-            with Image.open(f) as im:
-                box = crop_box(*im.size, src.kind)
-                side = box[2] - box[0]
-                if im.format == "JPEG" and side >= 2 * res:  # decode at 1/2..1/8 scale in the DCT
-                    w0 = im.size[0]
-                    scale = min(side // res, 8)
-                    im.draft("RGB", (im.size[0] // scale, im.size[1] // scale))
-                    box = crop_box(*im.size, src.kind) if im.size[0] != w0 else box
-                img = im.convert("RGB").crop(box).resize((res, res), Image.Resampling.LANCZOS)
-            out[n] = np.asarray(img)
-            n += 1
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+        if isinstance(arr, Exception):
             skipped += 1
-            log.warning("skipping unreadable image %s: %s", f, e)
+            log.warning("skipping unreadable image %s: %s", f, arr)
+        else:
+            out[n] = arr
+            n += 1
     if skipped:
         log.warning("skipped %d unreadable of %d files under %s", skipped, len(src.files), src.path)
     if n == 0:
         raise DataError(f"none of the {len(src.files)} files under {src.path} could be decoded")
     return out[:n], skipped
+
+
+def _decode_file(f: Path, kind: str, res: int) -> np.ndarray | Exception:
+    """One image file cropped (`kind`: crop_box's) and resized to res, or the error that made it unreadable.
+    A JPEG twice res or more is decoded at 1/2..1/8 scale in the DCT."""
+    try:
+        with Image.open(f) as im:
+            box = crop_box(*im.size, kind)
+            side = box[2] - box[0]
+            if im.format == "JPEG" and side >= 2 * res:
+                w0 = im.size[0]
+                scale = min(side // res, 8)
+                im.draft("RGB", (im.size[0] // scale, im.size[1] // scale))
+                box = crop_box(*im.size, kind) if im.size[0] != w0 else box
+            img = im.convert("RGB").crop(box).resize((res, res), Image.Resampling.LANCZOS)
+        return np.asarray(img)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        return e
 
 
 def _decode_member(path: Path, name: str, data: bytes, res: int) -> tuple[tuple[int, int], np.ndarray]:
@@ -313,29 +347,23 @@ def _decode_zip(src: Source, res: int, progress: bool) -> np.ndarray:
     names = zip_members(src.path)
     out = np.empty((len(names), res, res, 3), dtype=np.uint8)
     side = zip_index(src.path).get("resolution")  # every image at the archive's one resolution
-    chunk = 256
     with (
         open_zip(src.path) as zf,
-        ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool,
         tqdm(total=len(names), desc=f"decoding {src.path.name}", disable=not progress) as bar,
     ):
-        for start in range(0, len(names), chunk):
-            batch = names[start : start + chunk]
-            blobs = [read_member(zf, src.path, n) for n in batch]
-            decoded = pool.map(
-                _decode_member, itertools.repeat(src.path), batch, blobs, itertools.repeat(res)
-            )
-            for i, (name, ((w, h), arr)) in enumerate(zip(batch, decoded, strict=True), start):
-                if w != h:
-                    raise DataError(f"{src.path}: {name} is {w}x{h}; archive images must be square")
-                side = side or w  # a plain zip: the first image's size
-                if w != side:
-                    raise DataError(
-                        f"{src.path}: {name} is {w}x{h}, but the archive's images are {side}x{side}: "
-                        "one archive holds one resolution (make it again with prepare-data)"
-                    )
-                out[i] = arr
-            bar.update(len(batch))
+        blobs = ((n, read_member(zf, src.path, n)) for n in names)  # read on this thread, a chunk ahead
+        decoded = threaded_in_order(lambda nb: _decode_member(src.path, *nb, res), blobs)
+        for i, (name, ((w, h), arr)) in enumerate(zip(names, decoded, strict=True)):
+            if w != h:
+                raise DataError(f"{src.path}: {name} is {w}x{h}; archive images must be square")
+            side = side or w  # a plain zip: the first image's size
+            if w != side:
+                raise DataError(
+                    f"{src.path}: {name} is {w}x{h}, but the archive's images are {side}x{side}: "
+                    "one archive holds one resolution (make it again with prepare-data)"
+                )
+            out[i] = arr
+            bar.update()
     return out
 
 
