@@ -3,6 +3,7 @@ resolution (memory-mapped), and draw training batches from it without touching J
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -12,6 +13,7 @@ import logging
 import os
 import pickle
 import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -166,9 +168,14 @@ def _member_rgb(path: Path, name: str, data: bytes) -> Image.Image:
         raise DataError(f"{path}: member {name} {why}; {REMAKE_ARCHIVE}") from e
 
 
-def zip_member_rgb(zf: zipfile.ZipFile, path: Path, name: str) -> Image.Image:
-    """One member of the open archive `zf` (at `path`) in RGB; DataError naming it if it is damaged."""
-    return _member_rgb(path, name, read_member(zf, path, name))
+def zip_member_rgb(
+    zf: zipfile.ZipFile, path: Path, name: str, lock: threading.Lock | None = None
+) -> Image.Image:
+    """One member of the open archive `zf` (at `path`) in RGB; DataError naming it if it is damaged. Threads
+    that share `zf` pass one `lock`: ZipFile counts its open members without one. The decode runs outside."""
+    with lock or contextlib.nullcontext():
+        data = read_member(zf, path, name)
+    return _member_rgb(path, name, data)
 
 
 def _zip_images(path: Path) -> Iterator[tuple[str, Image.Image]]:

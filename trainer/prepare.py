@@ -10,6 +10,7 @@ import io
 import json
 import os
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -191,8 +192,9 @@ def source_images(src: Source, stack: ExitStack) -> Iterator[tuple[str, Loader]]
             yield f.stem, functools.partial(_file_rgb, f)
     elif src.kind == "zip":
         zf = stack.enter_context(open_zip(src.path))
+        lock = threading.Lock()  # the loaders run on prepare-data's threads
         for member in zip_members(src.path):
-            yield Path(member).stem, functools.partial(zip_member_rgb, zf, src.path, member)
+            yield Path(member).stem, functools.partial(zip_member_rgb, zf, src.path, member, lock)
     else:
         arr = load_cifar(src) if src.kind == "cifar10" else load_array(src.path)
         for i, a in enumerate(arr):
