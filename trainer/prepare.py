@@ -61,10 +61,10 @@ def prepare_data(
     workers: int | None = None,
 ) -> dict[str, object]:
     """Write `out` (a zip) and return its index. Files with a name already taken (the same CelebA id in
-        two sets) are kept once, from the first source. `lossless`: WebP's lossless mode (`quality` is then its
-        compression effort), the reference that `compare-data` measures a lossy archive against. `workers`: threads
-    that decode, resize and encode (default: one per core, up to 16); the archive is the same whatever the
-    number."""
+    two sets) are kept once, from the first source. `lossless`: WebP's lossless mode (`quality` is then its
+    compression effort), the reference that `compare-data` measures a lossy archive against. `workers`:
+    threads that decode, resize and encode (default: one per core, up to 16); the archive is the same
+    whatever the number."""
     if crop not in CROPS:
         raise ValueError(f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
     if res < 4 or res > 1024:
