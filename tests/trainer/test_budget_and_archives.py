@@ -3,6 +3,7 @@ that grow, the packed checkpoint that a lease brings back, and bf16 autocast thr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -166,17 +167,11 @@ def test_archives_and_decodes_are_the_same_on_any_number_of_threads(
     assert archives[0] == archives[1] and len(archives[0]) == 301  # 300 faces and the index
     index = json.loads(archives[0][-1][1])
     assert index["count"] == 300 and index["skipped"] == 1
-    decoded = []
-    for workers, chunk in ((1, 256), (3, 7)):
+    decoded, threaded = [], data.threaded_in_order
+    for workers, chunk in ((1, 256), (3, 7)):  # one thread, and three on chunks that cut the files unevenly
         monkeypatch.setattr(data, "WORKERS", workers)
-        real = data.threaded_in_order
-        monkeypatch.setattr(
-            data,
-            "threaded_in_order",
-            lambda fn, items, real=real, c=chunk, **k: real(fn, items, chunk=c, **k),
-        )
+        monkeypatch.setattr(data, "threaded_in_order", functools.partial(threaded, chunk=chunk))
         decoded.append(load_images(folder, 16, cache_dir=tmp_path / f"c{workers}", progress=False))
-        monkeypatch.setattr(data, "threaded_in_order", real)
     assert decoded[0].shape == (300, 16, 16, 3) and np.array_equal(decoded[0], decoded[1])
 
 
