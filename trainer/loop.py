@@ -283,7 +283,11 @@ def d_step(
     z = torch.randn(n, c.net.z_dim, generator=c.gen, device=c.device)
     a = c.net_alpha(alpha)
     with c.autocast:
-        fake = c.G(z, res, a).detach()
+        # no_grad, not only G's frozen parameters: dynamo guards on grad mode, but torch 2.11's does not guard
+        # on a parameter's requires_grad (pytorch#139476), so a compiled G called here with grad on compiled
+        # an inference form that the G step then reused (no grad_fn: the H200 bench of 2026-11-29)
+        with torch.no_grad():
+            fake = c.G(z, res, a)
         real_score, fake_score = critic_scores(c, reals, fake, res, a)
     stats: dict[str, Tensor] = {}
     if c.cfg.loss == "wgan-gp" and c.net.arch == "progan":

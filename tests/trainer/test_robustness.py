@@ -198,6 +198,29 @@ def test_compile_trains_through_a_fade_with_either_penalty(
     torch._dynamo.reset()
 
 
+def test_the_d_step_draws_its_fakes_with_grad_off() -> None:
+    """A compiled G must see the D step and the G step as two forms. Dynamo guards on grad mode, but torch
+    2.11's does not guard on a parameter's requires_grad (pytorch#139476): with G's parameters only frozen, the
+    D step compiled an inference form of G that the G step reused, and `--compile` stopped at the G step's
+    backward ("element 0 of tensors does not require grad", the H200 bench of 2026-11-29; this CPU's torch
+    guards both). So the D step calls G with grad off, and the G step with it on."""
+    from trainer.config import NetConfig, TrainConfig
+    from trainer.loop import Dist, make_optimizer, networks_step_context, train_step
+    from trainer.networks import build_networks
+
+    net = NetConfig(max_res=8, z_dim=16, fmap_base=64, fmap_max=16)
+    G, D = build_networks(net)
+    grad_on: list[bool] = []
+    G.register_forward_pre_hook(lambda *_: grad_on.append(torch.is_grad_enabled()))
+    cfg = TrainConfig()
+    gen = torch.Generator().manual_seed(0)
+    ctx = networks_step_context(G, D, net, cfg, torch.device("cpu"), gen, Dist())
+    opt_G, opt_D = make_optimizer(G, 1e-3, cfg, "progan"), make_optimizer(D, 1e-3, cfg, "progan")
+    stats = train_step(ctx, torch.rand(8, 3, 8, 8) * 2 - 1, 8, 1.0, opt_G, opt_D)
+    assert grad_on == [False, True]  # the D step's fakes, then the G step's
+    assert all(torch.isfinite(v) for v in stats.values())
+
+
 def test_compile_keeps_compiling_as_a_run_grows(
     faces_dir: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
