@@ -56,9 +56,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spectral-norm", action="store_true", help="spectral normalisation of D's layers")
     p.add_argument(
         "--fused-scale",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="G's up-sample + conv as one 4x4 stride-2 transposed conv (the same function) and D's conv + "
-        "down-sample as one strided conv (activation after it, as the official fused_scale): fewer FLOPs",
+        "down-sample as one strided conv (activation after it, as the official fused_scale): fewer FLOPs, "
+        "the same parameters (default: the preset's, on for gpu; a resume keeps the checkpoint's unless given)",
     )
     p.add_argument("--ema-beta", type=float)
     p.add_argument("--seed", type=int)
@@ -136,8 +137,8 @@ def resolve_configs(a: argparse.Namespace) -> tuple[NetConfig, TrainConfig]:
             target[key] = getattr(a, arg)
     if a.spectral_norm:
         net_kw["spectral_norm"] = True
-    if a.fused_scale:
-        net_kw["fused_scale"] = True
+    if a.fused_scale is not None:
+        net_kw["fused_scale"] = a.fused_scale
     if a.batch is not None:
         train_kw.update(batch_by_res={}, default_batch=a.batch)
     if a.lr is not None:
@@ -188,8 +189,6 @@ def check_network_flags(a: argparse.Namespace, ck: Checkpoint) -> None:
         given["arch"] = a.arch
     if a.spectral_norm:
         given["spectral_norm"] = True
-    if a.fused_scale:
-        given["fused_scale"] = True
     wrong = [(k, v, have.get(k)) for k, v in given.items() if v is not None and v != have.get(k)]
     if wrong:
         said = ", ".join(f"--{k.replace('_', '-')} {v} (it has {h})" for k, v, h in wrong)
@@ -238,6 +237,22 @@ def check_run_flags(a: argparse.Namespace, ck: Checkpoint) -> None:
         )
 
 
+def switch_fused_scale(net: NetConfig, fused: bool | None) -> NetConfig:
+    """A resumed checkpoint may change its layers' form (`--fused-scale` / `--no-fused-scale`): the
+    parameters are the same either way, and so is G's function; D's pooled blocks apply their activation after
+    the pooling rather than before, which D relearns (docs/training-log.md measures the jump)."""
+    if fused is None or fused == net.fused_scale:
+        return net
+    flag, form = ("--fused-scale", "fused") if fused else ("--no-fused-scale", "unfused")
+    where = "after the pooling" if fused else "before the pooling"
+    print(
+        f"{flag}: the checkpoint's network trains {form} from here: the same parameters and the same G; "
+        f"D's pooled blocks apply their activation {where}",
+        file=sys.stderr,
+    )
+    return dataclasses.replace(net, fused_scale=fused)
+
+
 def resume_defaults(a: argparse.Namespace, ck: Checkpoint) -> None:
     """A model folder trains further with its own preset and at its own resolution unless the command line
     says otherwise (its train_cfg names the preset; one this trainer no longer has falls back to fast)."""
@@ -283,6 +298,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         if ck.is_model and not a.data:
             raise ValueError(f"--data is required to train {a.resume} further (the faces to train on)")
         net, cfg = resolve_resume(ck, net, cfg, a.extend_kimg or 0.0, overrides)
+        net = switch_fused_scale(net, a.fused_scale)
         a.data = a.data or ck.data
     elif a.extend_kimg is not None:  # a new run: its final stabilisation gets that much longer
         cfg = dataclasses.replace(cfg, extra_kimg=a.extend_kimg)

@@ -191,10 +191,12 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # 64, 64 at 128, 32 at 256) train ~4x faster per image and fit a resumable fp16 checkpoint of G, D and
     # G_ema in under 40 MB at 256; larger minibatches up to 64 px keep an H100 busy where the step is
     # launch-bound, and 64 at 256 px trains 2.3x the images per second of 16 there on an H200 (its 2,711
-    # ops a step cost the host more than their bytes cost the card: docs/benchmarks.md). Meant for
-    # `--minutes`, which plans the kimg of every phase (trainer/budget.py).
+    # ops a step cost the host more than their bytes cost the card: docs/benchmarks.md). The fused layers
+    # (the official code's fused_scale): the round of 2026-11-29 trained 214 img/s unfused at 256 px,
+    # minibatch 64, where the bench of the same H200 lease stepped 460 fused. Meant for `--minutes`, which
+    # plans the kimg of every phase (trainer/budget.py).
     "gpu": (
-        dict(z_dim=256, fmap_base=4096, fmap_max=256),
+        dict(z_dim=256, fmap_base=4096, fmap_max=256, fused_scale=True),
         dict(
             fade_kimg=100.0,
             stab_kimg=100.0,
