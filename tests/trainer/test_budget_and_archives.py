@@ -516,6 +516,27 @@ def test_a_resumed_model_switches_to_the_fused_layers(
         assert json.loads(out[out.index("{") : out.index("\n}\n") + 2])["net"]["fused_scale"] is fused
 
 
+def test_fused_switch_scores_a_checkpoint_in_both_forms(
+    tiny_run: Path, faces_dir: Path, cache_dir: Path, tmp_path: Path
+) -> None:
+    """scripts/fused_switch.py: how far an unfused checkpoint's D moves in the fused form, on real faces and
+    its G's; G's two forms agree; bad input is a message and exit 2."""
+    script = [sys.executable, str(REPO / "scripts" / "fused_switch.py")]
+    args = ["--data", str(faces_dir), "--cache-dir", str(cache_dir)]
+    out = subprocess.run([*script, str(tiny_run), *args, "--num", "8"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    diff = float(out.stdout.split("largest difference ")[1].split()[0])
+    assert diff < 1e-4
+    rows = [
+        r.split("|")[1:-1] for r in out.stdout.splitlines() if r.startswith("| real") or r.startswith("| gen")
+    ]
+    assert len(rows) == 2 and all(-1.0 <= float(r[5]) <= 1.0 for r in rows)
+    bad = subprocess.run([*script, str(tiny_run), *args, "--num", "6"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "multiple of 4" in bad.stderr
+    bad = subprocess.run([*script, str(tmp_path), *args], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:")
+
+
 def test_export_writes_a_checkpoint_that_grows(
     tiny_model_dir: Path, faces_dir: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
