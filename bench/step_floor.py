@@ -211,7 +211,7 @@ def main() -> None:
         net_kw.update({k: v for k, v in (("z_dim", a.z_dim), ("fmap_max", a.fmap_max)) if v is not None})
         cfg = dataclasses.replace(TrainConfig(**train_kw), amp=a.amp)
         for res in (int(r) for r in a.res.split(",")):
-            net = NetConfig(max_res=res, fused_scale=True, **net_kw)
+            net = NetConfig(max_res=res, **{**net_kw, "fused_scale": True})
             batch = a.batch or (ZOO_BATCH[res] if a.zoo_batch else cfg.batch(res))
             with first_forms() if a.first_forms else contextlib.nullcontext():
                 c = count_step(net, cfg, res, batch, a.alpha)

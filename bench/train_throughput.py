@@ -358,7 +358,7 @@ def main() -> None:
         net_kw.update({k: v for k, v in (("z_dim", a.z_dim), ("fmap_max", a.fmap_max)) if v is not None})
         cfg = TrainConfig(**train_kw)
         for res in (int(r) for r in a.res.split(",")):
-            plain = NetConfig(max_res=res, **net_kw)
+            plain = NetConfig(max_res=res, **{**net_kw, "fused_scale": False})  # the baseline: unfused
             net = dataclasses.replace(plain, fused_scale=fused)
             gflop = step_gflop(net, res, a.alpha)
             batches = [ZOO_BATCH[res] if a.zoo_batch else cfg.batch(res)]

@@ -119,6 +119,28 @@ def test_step_floor_table_and_ceilings(
         assert 0 <= eager <= fused <= 100 and fused > 0  # the tiny step is launch-bound: eager ~0 %
 
 
+def test_the_benches_take_the_fused_gpu_preset_against_an_unfused_baseline(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `gpu` preset is fused: step_floor counts it so, and train_throughput's baseline stays the unfused
+    fp32 step whatever the preset says (its fast step is fused with or without the preset)."""
+    monkeypatch.setattr(sys, "argv", ["step_floor", "--presets", "gpu", "--res", "8", "--batch", "4"])
+    step_floor.main()
+    assert [r[1] for r in table_rows(capsys.readouterr().out, "gpu")] == ["8"]
+    fused: list[tuple[str, bool]] = []  # (amp, fused_scale) of each timed step: fast, then the fp32 baseline
+    rate = train_throughput.step_rate
+
+    def step_rate(spec: train_throughput.StepSpec, steps: int, compile: bool = False) -> tuple[float, float]:
+        fused.append((spec.amp, spec.net.fused_scale))
+        return rate(spec, steps, compile)
+
+    monkeypatch.setattr(train_throughput, "step_rate", step_rate)
+    argv = ["train_throughput", "--presets", "gpu", "--res", "8", "--steps", "1", "--batch", "4", "--cpu"]
+    monkeypatch.setattr(sys, "argv", argv)
+    train_throughput.main()
+    assert fused == [("bf16", True), ("off", False)]
+
+
 def test_step_floor_ceiling_arithmetic() -> None:
     """A conv at the peak for 1 ms and an elementwise op at the bandwidth for 2 ms: eager 1/3 of the peak,
     fused (the elementwise op folded away) all of it; 1,000 ops at 5 us each cap eager at 1/5."""
