@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.config import PRESETS, NetConfig, TrainConfig, is_pow2, preset
@@ -22,7 +23,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "--data",
         help="folder of images (recursive), CelebA's img_align_celeba, CIFAR-10 batches, or .npy/.npz",
     )
-    p.add_argument("--out", default="runs", help="parent folder of the numbered run folders (default: runs)")
+    p.add_argument(
+        "--out",
+        help="parent folder of the numbered run folders (default: runs; a resumed run continues in its own)",
+    )
     p.add_argument(
         "--max-res",
         type=int,
@@ -80,7 +84,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-flips", action="store_true", help="turn off random horizontal flips")
     p.add_argument("--tick-kimg", type=float, help="stats, grid, plot and checkpoint interval")
-    p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        help="stop once the run has taken this many steps in all, a resumed run's earlier steps included (smoke runs)",
+    )
     p.add_argument(
         "--minutes",
         type=float,
@@ -227,6 +235,9 @@ def check_run_flags(a: argparse.Namespace, ck: Checkpoint) -> None:
             wrong.append(f"--{flag} {value} (it has {', '.join(f'{h:g}' for h in had)})")
     if a.no_flips and train.flips:
         wrong.append("--no-flips (it trains with flips)")
+    run_dir = Path(ck.path).parent
+    if a.out is not None and Path(a.out).resolve() != run_dir.parent.resolve():
+        wrong.append(f"--out {a.out} (it continues in its own folder, {run_dir})")
     if wrong:
         raise ValueError(
             f"{a.resume} is a run, which continues on its own schedule, but the command line asks for "
@@ -330,7 +341,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         net,
         cfg,
         a.data,
-        a.out,
+        a.out or "runs",
         resume=ck,
         progress=not a.quiet,
         minutes=a.minutes,

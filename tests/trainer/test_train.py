@@ -408,7 +408,13 @@ def test_a_run_refuses_flags_that_would_change_its_schedule(
         assert part in err
     assert "--stab-kimg 5.0 (it has 0.032)" in err and "export it" in err
     assert main([*run, "--lr", "0.5"]) == 2 and "--lr 0.5 (it has 0.002)" in capsys.readouterr().err
+    # --out: a run continues in its own folder; another parent folder would be silently ignored
+    other = tiny_run.parent / "elsewhere"
+    assert main([*run, "--out", str(other)]) == 2
+    assert f"--out {other} (it continues in its own folder, {tiny_run})" in capsys.readouterr().err
+    assert not other.exists()
     assert main([*run, "--preset", "tiny", "--max-res", "16", "--batch", "8", "--tick-kimg", "1"]) == 0
+    assert main([*run, "--out", str(tiny_run.parent)]) == 0  # its own parent (scripts repeat it)
 
 
 def test_a_model_checkpoint_whose_weights_do_not_fit_its_config(
