@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -256,11 +257,12 @@ def switch_fused_scale(net: NetConfig, fused: bool | None) -> NetConfig:
         return net
     flag, form = ("--fused-scale", "fused") if fused else ("--no-fused-scale", "unfused")
     where = "after the pooling" if fused else "before the pooling"
-    print(
-        f"{flag}: the checkpoint's network trains {form} from here: the same parameters and the same G; "
-        f"D's pooled blocks apply their activation {where}",
-        file=sys.stderr,
-    )
+    if os.environ.get("RANK", "0") == "0":  # under torchrun once, not once a process (no process group yet)
+        print(
+            f"{flag}: the checkpoint's network trains {form} from here: the same parameters and the same G; "
+            f"D's pooled blocks apply their activation {where}",
+            file=sys.stderr,
+        )
     return dataclasses.replace(net, fused_scale=fused)
 
 

@@ -488,7 +488,12 @@ def test_a_grown_model_decodes_no_resolution_below_its_start(
 
 
 def test_a_resumed_model_switches_to_the_fused_layers(
-    tiny_model_dir: Path, faces_dir: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path,
+    faces_dir: Path,
+    cache_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The fused layers hold the same parameters, so a model trained unfused (the shipped one's rounds 1-4)
     can train on fused (`--fused-scale`, about 2x the images a second at 256 px on an H200) and back; a
@@ -505,6 +510,10 @@ def test_a_resumed_model_switches_to_the_fused_layers(
     assert Checkpoint.load(run).net.fused_scale and "fused-scale" not in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--quiet", "--extend-kimg", "0.016", "--no-fused-scale"]) == 0
     assert not Checkpoint.load(run).net.fused_scale and "trains unfused" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")  # a torchrun rank but the first switches as quietly
+    assert main(["train", "--resume", str(run), "--quiet", "--extend-kimg", "0.016", "--fused-scale"]) == 0
+    assert Checkpoint.load(run).net.fused_scale and "fused-scale" not in capsys.readouterr().err
+    monkeypatch.delenv("RANK")
     assert main([*argv, "--out", str(tmp_path / "kept")]) == 0
     (run,) = (tmp_path / "kept").iterdir()
     assert not Checkpoint.load(run).net.fused_scale
