@@ -10,7 +10,8 @@
 # against the eager step, eager where it differs); COMPILE=1 adds --compile (each phase's first steps compile G
 # and D; with GRAPH=1 the graph then replays the compiled kernels). If the first attempt fails early, a
 # second runs with whatever time is left: without the graph and the compiler when either was on (the
-# arguments' precision and layout kept), else in fp32 NCHW.
+# arguments' precision and layout kept), else in fp32 NCHW. After packing, scripts/d_level.py follows
+# D_LEVEL_STEPS (default 16; 0: none) eager steps from the checkpoint; its tables go into round.json.
 set -uo pipefail
 t0=$(date +%s)
 : "${OUT:?set OUT}" "${DATA:?set DATA to an archive from prepare-data}"
@@ -61,16 +62,24 @@ $PY scripts/gpu_checkpoint.py pack "$run" "$OUT"
 cp "$run/stats.jsonl" "$OUT/" 2>/dev/null
 cp "$(ls "$run"/grids/*.png | tail -1)" "$OUT/grid.png" 2>/dev/null
 cp "$run/losses.png" "$OUT/" 2>/dev/null
-$PY - "$run" "$OUT/round.json" "$rc" "$(($(date +%s) - t0))" <<'EOF'
+level=/tmp/d_level.md
+: > "$level"
+if [ "${D_LEVEL_STEPS:-16}" -gt 0 ]; then
+    # the saved D's scores on the CPU and the device, and step by step from the checkpoint (scripts/d_level.py)
+    timeout 90 $PY scripts/d_level.py "$run" --data "$DATA" --steps "${D_LEVEL_STEPS:-16}" > "$level" 2>&1
+    cat "$level"
+fi
+$PY - "$run" "$OUT/round.json" "$rc" "$(($(date +%s) - t0))" "$level" <<'EOF'
 import json, sys
 from pathlib import Path
 run, out, rc, secs = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-plan = run / "plan.txt"
+plan, level = run / "plan.txt", Path(sys.argv[5]).read_text()
 json.dump({
     "rc": rc, "seconds": secs, "run": run.name,
     "config": json.loads((run / "config.json").read_text()),
     "plan": plan.read_text() if plan.exists() else None,
     "grids": sorted(p.name for p in (run / "grids").glob("end-*.png")),
+    "d_level": level or None,
 }, open(out, "w"), indent=1)
 EOF
 ls -la "$OUT"

@@ -546,6 +546,38 @@ def test_fused_switch_scores_a_checkpoint_in_both_forms(
     assert bad.returncode == 2 and bad.stderr.startswith("error:")
 
 
+def test_d_level_scores_the_saved_d_and_follows_it_step_by_step(
+    tiny_run: Path, tiny_model_dir: Path, faces_dir: Path, cache_dir: Path
+) -> None:
+    """scripts/d_level.py: the saved D's scores of a fixed minibatch, then eager steps from the run's own Adam
+    state that move them; the run folder is left as it was; bad input is a message and exit 2."""
+    script = [sys.executable, str(REPO / "scripts" / "d_level.py")]
+    args = ["--data", str(faces_dir), "--cache-dir", str(cache_dir), "--num", "16"]
+    saved = (tiny_run / "checkpoint.pt").read_bytes()
+    out = subprocess.run([*script, str(tiny_run), *args, "--steps", "3"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "16x16 stab" in out.stdout and "the run's Adam state" in out.stdout
+    table = [r.split("|")[1:-1] for r in out.stdout.splitlines() if r.startswith("| cpu")]
+    assert len(table) == 1  # no device here: the CPU's fp32 row alone
+    real, fake, gap = (float(v) for v in table[0][1:])
+    assert abs(real - fake - gap) < 2e-3
+    steps = [
+        [float(v) for v in r.split("|")[1:-1]]
+        for r in out.stdout.splitlines()
+        if r[:3] in ("| 1", "| 2", "| 3")
+    ]
+    assert [int(r[0]) for r in steps] == [1, 2, 3] and all(np.isfinite(r).all() for r in steps)
+    assert (steps[-1][4], steps[-1][5]) != (real, fake)  # the steps trained D: the fixed minibatch moved
+    assert (tiny_run / "checkpoint.pt").read_bytes() == saved
+    for argv, message in (
+        ([str(tiny_model_dir), *args], "not a run's checkpoint"),
+        ([str(tiny_run), *args, "--num", "6"], "multiple of 4"),
+        ([str(tiny_run), *args, "--steps", "-1"], "0 or more"),
+    ):
+        bad = subprocess.run([*script, *argv], capture_output=True, text=True)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+
+
 def test_export_writes_a_checkpoint_that_grows(
     tiny_model_dir: Path, faces_dir: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
