@@ -140,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     pool = torch.from_numpy(np.stack([images[i] for i in rng.choice(len(images), min(POOL, len(images)))]))
     pool = pool.to(device)
     adam = "the run's Adam state" if own else "Adam fresh (a packed checkpoint holds none)"
+    precision = cfg.amp if device.type == "cuda" and cfg.amp != "off" else "fp32"
     print(
-        f"\n{a.steps} eager steps from the checkpoint (minibatch {batch}, lr {phase.lr:g}, {cfg.amp}, {adam})"
+        f"\n{a.steps} eager steps from the checkpoint (minibatch {batch}, lr {phase.lr:g}, {precision}, {adam})"
     )
     print(
         "| step | D step: real | D step: generated | G step: loss_G | fixed after: real | fixed after: gen. |"
