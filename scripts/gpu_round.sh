@@ -2,7 +2,8 @@
 # One training round on a lent GPU (docs/training-log.md says how rounds go). Trains with `--minutes` so
 # that training ends END_S seconds after this script started, then packs what comes back into $OUT, at
 # most 8 files: the checkpoint in parts (scripts/gpu_checkpoint.py), ckpt.json, stats.jsonl, round.json
-# (config, plan, device, exit status), the last sample grid and the loss plot.
+# (config, plan, exit status, the run's setup.json: where the time before the steps went), the last sample
+# grid and the loss plot.
 #
 #   OUT=... DATA=.gpu/faces-64.zip PRESET=gpu MAX_RES=64 END_S=540 bash scripts/gpu_round.sh [train args]
 #
@@ -73,12 +74,13 @@ $PY - "$run" "$OUT/round.json" "$rc" "$(($(date +%s) - t0))" "$level" <<'EOF'
 import json, sys
 from pathlib import Path
 run, out, rc, secs = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-plan, level = run / "plan.txt", Path(sys.argv[5]).read_text()
+plan, level, setup = run / "plan.txt", Path(sys.argv[5]).read_text(), run / "setup.json"
 json.dump({
     "rc": rc, "seconds": secs, "run": run.name,
     "config": json.loads((run / "config.json").read_text()),
     "plan": plan.read_text() if plan.exists() else None,
     "grids": sorted(p.name for p in (run / "grids").glob("end-*.png")),
+    "setup_s": json.loads(setup.read_text()) if setup.exists() else None,
     "d_level": level or None,
 }, open(out, "w"), indent=1)
 EOF

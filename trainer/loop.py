@@ -504,19 +504,23 @@ def _run(
     continuing = resume is not None and not resume.is_model
     phases = schedule(net, cfg)
 
+    setup = SetupClock(started)
     pyramid = load_training_images(
         data, net, d, progress, cache_dir, cifar_class, allow_upscale, min_res=cfg.start_res
     )
+    setup.mark("data")
     s = new_run_state(net, cfg, data, pyramid, device, d)
     if resume is not None:
         restore(s, resume, phases, d)
     ctx = step_context(s, device, d)
     reals_on_device = DeviceImages(pyramid, device)  # one resolution at a time, shared with the probe
+    setup.mark("networks")
 
     probe: Probe | None = None
     if deadline is not None and not continuing and net.arch == "progan":
         probe, cfg = fit_to_deadline(ctx, phases, reals_on_device, deadline, grow_fraction, d, progress)
         phases, s.cfg, ctx = schedule(net, cfg), cfg, dataclasses.replace(ctx, cfg=cfg)
+        setup.mark("probe")
     if dry_run:  # the schedule (and the plan, with `minutes`) this run would follow; nothing written
         return describe_schedule(net, cfg, probe)
 
@@ -530,6 +534,7 @@ def _run(
         reals=pyramid[net.max_res],
         cifar_class=cifar_class,
     )
+    setup.mark("files")
     return train_loop(
         s,
         ctx,
@@ -541,7 +546,32 @@ def _run(
         minutes,
         to_deadline=probe is not None,
         started=started,
+        setup=setup,
     )
+
+
+SETUP_STEPS = 4  # SetupClock times steps 2 to 4 apart: with --cuda-graph, the warm-up and the capture
+
+
+@dataclass
+class SetupClock:
+    """Where a run's time goes before its first step ends (`setup.json` in the run folder; a lent GPU's
+    round spends a minute there): decoding the data, the networks and checkpoint, the throughput probe, the
+    run folder, the first step (the images' upload, cuDNN's algorithm search), then steps 2 to 4 (with
+    --cuda-graph the rest of the warm-up and the capture with its check; a tick's housekeeping too where
+    one ends among them, as in tiny runs), each in seconds."""
+
+    started: float  # time.monotonic() when the command began
+    seconds: dict[str, float] = field(default_factory=dict)
+    last: float = 0.0
+
+    def mark(self, name: str) -> None:
+        now = time.monotonic()
+        self.seconds[name] = round(now - (self.last or self.started), 3)
+        self.last = now
+
+    def as_dict(self) -> dict[str, float]:
+        return {**self.seconds, "total": round(self.last - self.started, 3)}
 
 
 # ---------------------------------------------------------------------------- setting a run up
@@ -801,6 +831,10 @@ class RunFiles:
             (self.dir / "plan.txt").write_text(plan + "\n")
             print(plan, flush=True)
 
+    def write_setup(self, seconds: dict[str, float]) -> None:
+        """setup.json: SetupClock's seconds (a resumed run's last start)."""
+        (self.dir / "setup.json").write_text(json.dumps(seconds, indent=1) + "\n")
+
     def record(self, row: dict[str, Any], cur_nimg: int, history: list[dict[str, Any]]) -> None:
         """One tick's row: stats.jsonl, TensorBoard and the loss plot."""
         with open(self.dir / "stats.jsonl", "a") as fh:
@@ -904,6 +938,7 @@ def train_loop(
     minutes: float | None = None,
     to_deadline: bool = False,
     started: float | None = None,
+    setup: SetupClock | None = None,
 ) -> TrainResult:
     """Steps until the schedule ends, `max_steps` or the deadline; every tick (and every phase end) the
     housekeeping: stats, a finite check, the grid, and on an interval or a phase end the checkpoint. With
@@ -927,6 +962,7 @@ def train_loop(
         desc="training",
     )
     tick = Tick(s.cur_nimg)
+    taken = 0  # steps in this process
     step: Any = None  # LoopStep, or GraphedStep with --cuda-graph
     step_phase = -1
     phase_clock = (time.monotonic(), s.cur_nimg)  # when the current phase's step began, at which image
@@ -946,6 +982,13 @@ def train_loop(
             phase_clock = (time.monotonic(), s.cur_nimg)
 
         tick.add(step(alpha))
+        taken += 1
+        if setup is not None and taken in (1, SETUP_STEPS):  # two device syncs in a run
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize(ctx.device)
+            setup.mark("first_step" if taken == 1 else f"steps_2_to_{SETUP_STEPS}")
+            if d.main:
+                files.write_setup(setup.as_dict())
         s.cur_nimg += batch * d.world
         s.steps += 1
         bar.update(batch * d.world)

@@ -375,6 +375,7 @@ def test_a_plan_that_ends_early_trains_on_to_its_deadline(
     assert 45 - budget.FINAL_SAVE_S - 10 < took < 45 + 15
     wall = [json.loads(x)["wall_s"] for x in (run / "stats.jsonl").read_text().splitlines()]
     assert wall[0] > 0 and wall == sorted(wall) and wall[-1] < took  # seconds since the command began
+    assert list(json.loads((run / "setup.json").read_text()))[:3] == ["data", "networks", "probe"]
 
 
 def test_dry_run_with_minutes_prints_this_machines_plan(

@@ -27,6 +27,11 @@ def test_tiny_run_grows_to_16_with_outputs(tiny_run: Path) -> None:
     rows = [json.loads(line) for line in (tiny_run / "stats.jsonl").read_text().splitlines()]
     assert [r["res"] for r in rows][-1] == 16 and {4, 8, 16} <= {r["res"] for r in rows}
     assert any(r["phase"] == "fade" and 0 < r["alpha"] < 1 for r in rows)
+    # where the time before the steps went (no --minutes: no probe), in order, adding up to the total
+    setup = json.loads((tiny_run / "setup.json").read_text())
+    assert list(setup) == ["data", "networks", "files", "first_step", "steps_2_to_4", "total"]
+    assert min(setup.values()) >= 0 and abs(sum(setup.values()) - 2 * setup["total"]) < 0.01
+    assert setup["total"] < rows[-1]["wall_s"]
     grids = sorted(p.name for p in (tiny_run / "grids").iterdir())
     assert any("res0016" in g for g in grids) and any(g.startswith("end-res0008") for g in grids)
     lg = load_generator(tiny_run)
