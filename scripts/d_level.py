@@ -35,6 +35,7 @@ from trainer.loop import (
     Dist,
     critic_scores,
     fade_reals,
+    fixed_reals,
     make_optimizer,
     networks_step_context,
     sample_reals,
@@ -97,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     idx, alpha = locate(phases, ck.cur_nimg)
     phase, res = phases[idx], phases[idx].res
     batch = phase.batch
-    rng = np.random.default_rng(a.seed)
-    pick = np.sort(rng.choice(len(images), a.num, replace=False))
-    reals = torch.from_numpy(np.stack([images[i] for i in pick])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    reals = fade_reals(reals, alpha)
+    reals = fade_reals(fixed_reals(images, a.num, a.seed), alpha)
     z = torch.randn(a.num, ck.net.z_dim, generator=torch.Generator().manual_seed(a.seed))
     gen = torch.Generator(device=device).manual_seed(a.seed + 1)  # the steps: not the fixed z
     cpu = torch.device("cpu")
@@ -137,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     for group in (*opt_G.param_groups, *opt_D.param_groups):
         group["capturable"] = False
         group["lr"] = phase.lr
+    rng = np.random.default_rng(a.seed + 1)
     pool = torch.from_numpy(np.stack([images[i] for i in rng.choice(len(images), min(POOL, len(images)))]))
     pool = pool.to(device)
     adam = "the run's Adam state" if own else "Adam fresh (a packed checkpoint holds none)"

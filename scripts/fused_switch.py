@@ -22,7 +22,7 @@ import torch
 from trainer.checkpoint import Checkpoint, CheckpointError
 from trainer.config import TrainConfig
 from trainer.data import DataError, load_images
-from trainer.loop import Dist, critic_scores, networks_step_context
+from trainer.loop import Dist, critic_scores, fixed_reals, networks_step_context
 from trainer.networks import build_networks
 
 
@@ -60,9 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(images) < a.num:
         print(f"error: {a.data} holds {len(images)} faces, fewer than --num {a.num}", file=sys.stderr)
         return 2
-    pick = np.random.default_rng(a.seed).choice(len(images), a.num, replace=False)
-    reals = torch.from_numpy(np.stack([images[i] for i in sorted(pick)])).permute(0, 3, 1, 2)
-    reals = reals.float() / 127.5 - 1.0
+    reals = fixed_reals(images, a.num, a.seed)
     z = torch.randn(a.num, ck.net.z_dim, generator=torch.Generator().manual_seed(a.seed))
     ur, uf, ug = scores(ck, False, reals, z)
     fr, ff, fg = scores(ck, True, reals, z)

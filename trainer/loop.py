@@ -171,6 +171,15 @@ def sample_reals(images: Tensor, n: int, gen: torch.Generator, flips: bool, chan
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def fixed_reals(images: np.ndarray, n: int, seed: int) -> Tensor:
+    """`n` distinct faces of a decoded set ([M, R, R, 3] uint8), picked by `seed` and kept in index order, as
+    [n, 3, R, R] in [-1, 1] on the CPU: one minibatch a diagnostic scores again and again
+    (scripts/fused_switch.py, scripts/d_level.py)."""
+    pick = np.sort(np.random.default_rng(seed).choice(len(images), n, replace=False))
+    x = torch.from_numpy(np.stack([images[i] for i in pick])).permute(0, 3, 1, 2)
+    return x.float() / 127.5 - 1.0
+
+
 class DeviceImages:
     """The training images of one resolution at a time as one uint8 tensor on the training device
     (29k faces at 64 px are 360 MB, at 128 px 1.4 GB); moving to a new resolution frees the last one."""
