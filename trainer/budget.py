@@ -45,6 +45,9 @@ class Probe:
 
     rates: dict[int, float]  # images/s of the steady step
     setup: dict[int, float] = field(default_factory=dict)  # seconds of a phase's first steps beyond that
+    # per resolution, where the probe's own seconds went: the images' upload, its first step (cuDNN's
+    # search, CUDA's lazy loading, compiling), the rest of the warm-up (with a graph: the capture), the timed steps
+    parts: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def charged(self, phases: list[Phase]) -> list[float]:
         """The set-up seconds each phase will pay: none for each resolution's first phase, whose forms the
@@ -114,6 +117,7 @@ def probe_throughput(
     )
     rates: dict[int, float] = {}
     setup: dict[int, float] = {}
+    parts: dict[int, dict[str, float]] = {}
     first = {p.res: p for p in reversed(phases)}  # each resolution's first phase
     todo = [first[r] for r in sorted(first)]
     bar = tqdm(todo, desc="throughput probe", unit="res", disable=not (progress and ctx.d.main), leave=False)
@@ -122,23 +126,37 @@ def probe_throughput(
         alpha = 0.5 if p.kind == "fade" else 1.0
         opt_G, opt_D = (make_optimizer(m, p.lr, ctx.cfg, ctx.net.arch) for m in (G, D))
         batch = max(p.batch // ctx.d.world, 1)
+        t = time.perf_counter()
+        reals = images[p.res]  # the upload (a run at one resolution then finds it done)
+        _sync(ctx.device)
+        upload = time.perf_counter() - t
         step: Any = LoopStep(
-            probe, G, G_ema, images[p.res], p.res, batch, opt_G, opt_D, ctx.cfg.ema_beta, True, channels_last
+            probe, G, G_ema, reals, p.res, batch, opt_G, opt_D, ctx.cfg.ema_beta, True, channels_last
         )
         if ctx.cfg.cuda_graph:  # the step the loop will replay: its rate, not the eager one's
             from trainer.graphstep import GraphedStep
 
             step = GraphedStep(step, p.kind == "fade", warmup=warmup, check=False, verbose=False)
         # with a graph the warm-up steps, then the capture and its first replay
-        warm = timed(step, alpha, p.res, warmup + 1)
+        step1 = timed(step, alpha, p.res, 1)
+        warm = step1 + timed(step, alpha, p.res, warmup)
         took = timed(step, alpha, p.res, steps)
         rates[p.res] = batch * ctx.d.world * steps / took
         setup[p.res] = max(0.0, warm - (warmup + 1) * took / steps)
-        del step
+        parts[p.res] = {
+            k: round(v, 3)
+            for k, v in (
+                ("upload", upload),
+                ("first_step", step1),
+                ("warm_up", warm - step1),
+                ("steps", took),
+            )
+        }
+        del step, reals
     del probe
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
-    return Probe(rates, setup)
+    return Probe(rates, setup, parts)
 
 
 def plan_to_fit(

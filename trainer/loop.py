@@ -530,6 +530,7 @@ def _run(
         probe, cfg = fit_to_deadline(ctx, phases, reals_on_device, deadline, grow_fraction, d, progress)
         phases, s.cfg, ctx = schedule(net, cfg), cfg, dataclasses.replace(ctx, cfg=cfg)
         setup.mark("probe")
+        setup.probe_parts = probe.parts
     if dry_run:  # the schedule (and the plan, with `minutes`) this run would follow; nothing written
         return describe_schedule(net, cfg, probe)
 
@@ -568,19 +569,24 @@ class SetupClock:
     round spends a minute there): decoding the data, the networks and checkpoint, the throughput probe, the
     run folder, the first step (the images' upload, cuDNN's algorithm search), then steps 2 to 4 (with
     --cuda-graph the rest of the warm-up and the capture with its check; a tick's housekeeping too where
-    one ends among them, as in tiny runs), each in seconds."""
+    one ends among them, as in tiny runs), each in seconds. After the total, `probe_parts`: the probe's
+    seconds per resolution (budget.Probe.parts), where a fresh process pays its first steps' one-off costs."""
 
     started: float  # time.monotonic() when the command began
     seconds: dict[str, float] = field(default_factory=dict)
     last: float = 0.0
+    probe_parts: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def mark(self, name: str) -> None:
         now = time.monotonic()
         self.seconds[name] = round(now - (self.last or self.started), 3)
         self.last = now
 
-    def as_dict(self) -> dict[str, float]:
-        return {**self.seconds, "total": round(self.last - self.started, 3)}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.seconds, "total": round(self.last - self.started, 3)}
+        if self.probe_parts:
+            out["probe_parts"] = {str(r): v for r, v in self.probe_parts.items()}
+        return out
 
 
 # ---------------------------------------------------------------------------- setting a run up
@@ -840,7 +846,7 @@ class RunFiles:
             (self.dir / "plan.txt").write_text(plan + "\n")
             print(plan, flush=True)
 
-    def write_setup(self, seconds: dict[str, float]) -> None:
+    def write_setup(self, seconds: dict[str, Any]) -> None:
         """setup.json: SetupClock's seconds (a resumed run's last start)."""
         (self.dir / "setup.json").write_text(json.dumps(seconds, indent=1) + "\n")
 

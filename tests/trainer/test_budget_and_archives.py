@@ -375,7 +375,13 @@ def test_a_plan_that_ends_early_trains_on_to_its_deadline(
     assert 45 - budget.FINAL_SAVE_S - 10 < took < 45 + 15
     wall = [json.loads(x)["wall_s"] for x in (run / "stats.jsonl").read_text().splitlines()]
     assert wall[0] > 0 and wall == sorted(wall) and wall[-1] < took  # seconds since the command began
-    assert list(json.loads((run / "setup.json").read_text()))[:3] == ["data", "networks", "probe"]
+    setup = json.loads((run / "setup.json").read_text())
+    assert list(setup)[:3] == ["data", "networks", "probe"]
+    # the probe's seconds per resolution, in the parts a fresh process pays once and the timed steps
+    parts = setup["probe_parts"]
+    assert sorted(parts, key=int) == [str(r) for r in sorted({p.res for p in schedule(ck.net, ck.train)})]
+    assert all(list(v) == ["upload", "first_step", "warm_up", "steps"] for v in parts.values())
+    assert 0 < sum(x for v in parts.values() for x in v.values()) <= setup["probe"]
 
 
 def test_dry_run_with_minutes_prints_this_machines_plan(

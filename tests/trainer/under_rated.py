@@ -14,9 +14,9 @@ MEASURE = budget.probe_throughput
 
 
 def under_rated(*args: Any, **kwargs: Any) -> budget.Probe:
-    """The probe's measurement with every rate divided by four (its set-up as measured)."""
+    """The probe's measurement with every rate divided by four (its set-up and parts as measured)."""
     probe = MEASURE(*args, **kwargs)
-    return budget.Probe({r: v / 4 for r, v in probe.rates.items()}, probe.setup)
+    return budget.Probe({r: v / 4 for r, v in probe.rates.items()}, probe.setup, probe.parts)
 
 
 if __name__ == "__main__":
