@@ -6,10 +6,12 @@ checkpoint and weights (44 MiB): more than one call holds. `plan` measures the c
 archive into one part per call, so that the calls before the last travel without the model's large files
 (moved aside by `aside`) and the last one with them (`back`), and prints each call's carry and command.
 The parts land in /tmp/data on the machine, which stays warm between calls (30 s); the last call joins
-them, checks the sha256 and runs the round.
+them, checks the sha256 and runs the round. Files named with `--also` (a compile cache from the last
+lease) travel whole, each in a call with room for it or in one more call before the last, and land in
+/tmp/carry.
 
     python scripts/gpu_carry.py plan .gpu/faces-178.zip --hold models/celeba/checkpoint.safetensors \\
-        models/celeba/weights.bin
+        models/celeba/weights.bin --also .gpu/compile-cache.bin
     python scripts/gpu_carry.py aside      # before the first call
     python scripts/gpu_carry.py back       # before the last call (and after the lease, whatever happened)
 """
@@ -29,6 +31,7 @@ MIB = 2**20
 LIMIT = 64 * MIB  # what one device call carries: the working tree and the carried paths together
 MARGIN = 2 * MIB  # for files that change between planning and the call (docs, a log)
 PLAN = Path(".gpu/lease/plan.json")
+CARRIED = "/tmp/carry"  # where the --also files land on the machine
 
 
 class CarryError(Exception):
@@ -57,6 +60,37 @@ def plan_parts(archive: int, tree: int, held: int, limit: int = LIMIT, margin: i
     return [*early, archive - sum(early)]
 
 
+def place_whole(rooms: list[int], sizes: list[int], room_extra: int) -> tuple[list[list[int]], int]:
+    """Which call carries each whole file (indices into `sizes`), given each planned call's room left: the
+    first call with room, else calls added before the last one, `room_extra` each. Returns the files of
+    each planned call, then of each added call (after the planned ones in the list), and how many were
+    added."""
+    rooms = list(rooms)
+    placed: list[list[int]] = [[] for _ in rooms]
+    added: list[list[int]] = []
+    added_room: list[int] = []
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):  # the largest first
+        size = sizes[i]
+        if size > room_extra and size > max(rooms, default=0):
+            raise CarryError(
+                f"a carried file of {size / MIB:.1f} MiB fits no call ({room_extra / MIB:.1f} MiB of room "
+                "beside the checkout): make it smaller"
+            )
+        spot = next((c for c, r in enumerate(rooms) if r >= size), None)
+        if spot is not None:
+            placed[spot].append(i)
+            rooms[spot] -= size
+            continue
+        spot = next((c for c, r in enumerate(added_room) if r >= size), None)
+        if spot is None:
+            added.append([])
+            added_room.append(room_extra)
+            spot = len(added) - 1
+        added[spot].append(i)
+        added_room[spot] -= size
+    return placed + added, len(added)
+
+
 def tree_bytes(repo: Path) -> int:
     """Bytes of the checkout that travels with every call: tracked and untracked files git does not ignore."""
     out = subprocess.run(
@@ -69,51 +103,87 @@ def tree_bytes(repo: Path) -> int:
     return sum((repo / p).stat().st_size for p in paths if (repo / p).is_file())
 
 
-def write_plan(repo: Path, archive: Path, hold: list[str], limit: int, margin: int) -> dict[str, Any]:
+def check_not_in_tree(repo: Path, path: Path) -> None:
+    """A file that travels in a chosen call must not be part of the checkout, which travels in every one."""
+    inside = path.resolve().is_relative_to(repo)  # check-ignore fails on a path outside the checkout
+    if inside and subprocess.run(["git", "check-ignore", "-q", str(path.resolve())], cwd=repo).returncode:
+        raise CarryError(
+            f"{path} is in the checkout and not ignored, so it would travel in every call: move it to .gpu/"
+        )
+
+
+def write_plan(
+    repo: Path, archive: Path, hold: list[str], limit: int, margin: int, also: list[Path] | None = None
+) -> dict[str, Any]:
+    also = also or []
     if not archive.is_file():
         raise CarryError(f"no archive at {archive}: build it with `python -m trainer prepare-data`")
-    inside = archive.resolve().is_relative_to(repo)  # check-ignore fails on a path outside the checkout
-    if inside and subprocess.run(["git", "check-ignore", "-q", str(archive.resolve())], cwd=repo).returncode:
-        raise CarryError(
-            f"{archive} is in the checkout and not ignored, so it would travel in every call: move it to .gpu/"
-        )
+    missing_also = [str(a) for a in also if not a.is_file()]
+    if missing_also:
+        raise CarryError(f"no file to carry at {', '.join(missing_also)}")
+    if len({a.name for a in also}) != len(also):
+        raise CarryError("the files to carry must have different names: they land in one folder")
+    for path in (archive, *also):
+        check_not_in_tree(repo, path)
     missing = [h for h in hold if not (repo / h).is_file()]
     if missing:
         raise CarryError(f"not in the checkout: {', '.join(missing)} (already set aside? run `back` first)")
     tree = tree_bytes(repo)
     held = sum((repo / h).stat().st_size for h in hold)
     sizes = plan_parts(archive.stat().st_size, tree, held, limit, margin)
+    early, last = limit - margin - (tree - held), limit - margin - tree
+    rooms = [early - s for s in sizes[:-1]] + [last - sizes[-1]]
+    whole, n_added = place_whole(rooms, [a.stat().st_size for a in also], early)
+    # the calls in the order they run: the archive's early parts, the added calls, the last one
+    order = [*range(len(sizes) - 1), *range(len(sizes), len(sizes) + n_added), len(sizes) - 1]
     lease = repo / PLAN.parent
     shutil.rmtree(lease, ignore_errors=True)
     digest = hashlib.sha256()
     calls: list[dict[str, Any]] = []
+    parts: dict[int, int] = {}
     with archive.open("rb") as src:
         for i, size in enumerate(sizes):
-            folder = lease / f"c{i + 1}"
-            folder.mkdir(parents=True)
             blob = src.read(size)
             digest.update(blob)
+            parts[i] = size
+            folder = lease / f"c{order.index(i) + 1}"
+            folder.mkdir(parents=True)
             (folder / f"data.part{i:02d}").write_bytes(blob)
-            calls.append({"carry": [str(folder.relative_to(repo))], "bytes": size})
+    for n, planned in enumerate(order):
+        folder = lease / f"c{n + 1}"
+        folder.mkdir(parents=True, exist_ok=True)
+        carried = [also[i] for i in whole[planned]]
+        for a in carried:
+            shutil.copyfile(a, folder / a.name)
+        here = str(folder.relative_to(repo))
+        steps = ["mkdir -p /tmp/data" + (f" {CARRIED}" if carried else "")]
+        if planned in parts:
+            steps.append(f"cp {here}/data.part* /tmp/data/")
+        steps += [f"cp {here}/{a.name} {CARRIED}/" for a in carried]
+        size = parts.get(planned, 0) + sum(a.stat().st_size for a in carried)
+        calls.append(
+            {
+                "carry": [here],
+                "bytes": size,
+                "also": [a.name for a in carried],
+                "travels": (tree if n == len(order) - 1 else tree - held) + size,
+                "command": " && ".join(steps),
+            }
+        )
     joined = f"/tmp/{archive.name}"
-    (lease / f"c{len(sizes)}" / "data.sha256").write_text(f"{digest.hexdigest()}  {joined}\n")
-    for i, call in enumerate(calls):
-        here = call["carry"][0]
-        if i < len(calls) - 1:
-            call["command"] = f"mkdir -p /tmp/data && cp {here}/data.part* /tmp/data/"
-            call["travels"] = tree - held + call["bytes"]
-        else:
-            call["command"] = (
-                f"mkdir -p /tmp/data && cp {here}/data.part* /tmp/data/ && cat /tmp/data/data.part* > {joined}"
-                f" && sha256sum -c {here}/data.sha256 && DATA={joined} <the round's command>"
-            )
-            call["travels"] = tree + call["bytes"]
+    here = calls[-1]["carry"][0]
+    (repo / here / "data.sha256").write_text(f"{digest.hexdigest()}  {joined}\n")
+    calls[-1]["command"] += (
+        f" && cat /tmp/data/data.part* > {joined} && sha256sum -c {here}/data.sha256"
+        f" && DATA={joined} <the round's command>"
+    )
     plan = {
         "archive": str(archive),
         "joined": joined,
         "hold": hold,
         "tree": tree,
         "held": held,
+        "also": [str(a) for a in also],
         "calls": calls,
     }
     (repo / PLAN).write_text(json.dumps(plan, indent=1))
@@ -148,6 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("plan", help="split the archive into one part per call and print the calls")
     p.add_argument("archive", type=Path)
     p.add_argument("--hold", nargs="*", default=[], help="large files that travel only in the last call")
+    p.add_argument(
+        "--also",
+        nargs="*",
+        type=Path,
+        default=[],
+        help=f"files that travel whole, outside the checkout or ignored by git, landing in {CARRIED}",
+    )
     p.add_argument("--limit-mib", type=float, default=LIMIT / MIB)
     p.add_argument("--margin-mib", type=float, default=MARGIN / MIB)
     sub.add_parser("aside", help="move the held files to .gpu/hold (before the first call)")
@@ -157,7 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "plan":
             plan = write_plan(
-                repo, args.archive, args.hold, int(args.limit_mib * MIB), int(args.margin_mib * MIB)
+                repo,
+                args.archive,
+                args.hold,
+                int(args.limit_mib * MIB),
+                int(args.margin_mib * MIB),
+                args.also,
             )
             print(f"checkout {plan['tree'] / MIB:.1f} MiB, of which held {plan['held'] / MIB:.1f} MiB")
             n = len(plan["calls"])
@@ -168,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                     if before and n > 1 and plan["hold"]
                     else ""
                 )
-                print(f"call {i + 1}: {call['travels'] / MIB:.1f} MiB travels{step}")
+                also = f", with {', '.join(call['also'])}" if call["also"] else ""
+                print(f"call {i + 1}: {call['travels'] / MIB:.1f} MiB travels{also}{step}")
                 print(f"  carry {json.dumps(call['carry'])}")
                 print(f"  {call['command']}")
         else:

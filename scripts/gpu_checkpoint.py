@@ -4,7 +4,8 @@ A lease returns at most 8 files of 16 MiB. `pack` turns a run's checkpoint.pt in
 float16 plus everything else a resume needs except the optimizer state (Adam restarts at every phase
 anyway), split into parts under 15 MiB with a sha256 over the whole. `unpack` joins the parts into a
 checkpoint.pt (float32 weights; fresh Adam state on resume) that `export`, `evaluate` and `train --resume`
-read like any other.
+read like any other, and draws the run's loss plot (losses.png) from the history the checkpoint keeps, so
+that the plot need not take one of the lease's eight files.
 
     python scripts/gpu_checkpoint.py pack runs/00003-progan-gpu-64 $OUT
     python scripts/gpu_checkpoint.py unpack $FILES/ckpt.part* --out runs/00003-progan-gpu-64
@@ -19,6 +20,7 @@ import sys
 from pathlib import Path
 
 from trainer.checkpoint import Checkpoint, CheckpointError
+from trainer.viz import plot_losses
 
 PART_BYTES = 15 * 2**20
 
@@ -55,7 +57,10 @@ def unpack(parts: list[Path], out_dir: Path) -> Path:
         if hashlib.sha256(blob).hexdigest() != meta["sha256"] or len(parts) != meta["parts"]:
             raise SystemExit(f"error: the parts do not match {meta_path} (missing or damaged part)")
     path = out_dir / "checkpoint.pt"
-    Checkpoint.unpacked(blob).save(path)
+    ck = Checkpoint.unpacked(blob)
+    ck.save(path)
+    if ck.history:
+        plot_losses(ck.history, out_dir / "losses.png")
     return path
 
 

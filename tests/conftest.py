@@ -50,6 +50,19 @@ def faces_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def faces_zip(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 512 faces as a prepare-data archive at 32x32 (CelebA's crop)."""
+    from trainer.cli import main
+
+    out = tmp_path_factory.mktemp("zip") / "faces-32.zip"
+    rc = main(
+        ["prepare-data", str(faces_dir), "--res", "32", "--out", str(out), "--crop", "celeba", "--quiet"]
+    )
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cache")
 

@@ -77,6 +77,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--compile", action="store_true", help="torch.compile G and D")
     p.add_argument(
+        "--compile-cache",
+        metavar="FILE",
+        help="with --compile: load torch.compile's caches from FILE first (if it exists) and write them back "
+        "with every checkpoint, so that another machine with the same torch, Triton and GPU compiles from "
+        "them (on CUDA the Triton kernels travel too; on a CPU the C++ is rebuilt, so little is saved there)",
+    )
+    p.add_argument(
         "--cuda-graph",
         action="store_true",
         help="capture each phase's whole step once as a CUDA graph and replay it (one launch a step); the "
@@ -286,6 +293,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise ValueError(f"--minutes must be positive, got {a.minutes}")
     if a.resume is None and not a.data:
         raise ValueError("--data is required (or --resume a checkpoint)")
+    if a.compile_cache is not None and not a.compile:
+        raise ValueError("--compile-cache holds what --compile makes: add --compile, or drop --compile-cache")
     if a.extend_kimg is not None and a.extend_kimg <= 0:
         raise ValueError(f"--extend-kimg must be positive, got {a.extend_kimg}")
     if a.extend_kimg is not None and a.minutes is not None and a.resume is None:
@@ -315,7 +324,12 @@ def cmd_train(a: argparse.Namespace) -> int:
         a.data = a.data or ck.data
     elif a.extend_kimg is not None:  # a new run: its final stabilisation gets that much longer
         cfg = dataclasses.replace(cfg, extra_kimg=a.extend_kimg)
-    kw = dict(cache_dir=a.cache_dir, cifar_class=a.cifar_class, allow_upscale=a.allow_upscale)
+    kw = dict(
+        cache_dir=a.cache_dir,
+        cifar_class=a.cifar_class,
+        allow_upscale=a.allow_upscale,
+        compile_cache=a.compile_cache,
+    )
     if a.dry_run:
         if ck is None or ck.is_model:  # a run's own data may live on another machine
             from trainer.data import check_resolution, find_source

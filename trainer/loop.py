@@ -26,6 +26,7 @@ from tqdm import tqdm
 from trainer import losses
 from trainer.budget import Probe
 from trainer.checkpoint import Checkpoint, CheckpointError, RunState, git_commit
+from trainer.compile_cache import CompileCache
 from trainer.config import NetConfig, Phase, TrainConfig, locate, phase_start_nimg, schedule
 from trainer.data import load_images, load_pyramid, zip_index
 from trainer.networks import blend, build_networks, downsample2x, fading, res_key, upsample2x
@@ -498,10 +499,14 @@ def _run(
     progress: bool = True,
     minutes: float | None = None,
     grow_fraction: float = 0.4,
+    compile_cache: str | Path | None = None,
 ) -> TrainResult | str:
     """`resume`: a checkpoint from `Checkpoint.load`, with `net` and `cfg` from `resolve_resume` on it. A
-    run's checkpoint continues in its own folder on its own schedule; a model folder's starts a new run."""
+    run's checkpoint continues in its own folder on its own schedule; a model folder's starts a new run.
+    `compile_cache`: a file of torch.compile's caches, loaded before anything compiles and written back with
+    every checkpoint (trainer/compile_cache.py)."""
     started = time.monotonic()  # the rows' wall_s count from here: loading and the probe included
+    cache = CompileCache.open(compile_cache) if compile_cache is not None else None
     deadline = started + minutes * 60 if minutes else None
     d = init_distributed()
     device = training_device(d)
@@ -513,7 +518,7 @@ def _run(
     continuing = resume is not None and not resume.is_model
     phases = schedule(net, cfg)
 
-    setup = SetupClock(started)
+    setup = SetupClock(started, compile_cache=cache)
     pyramid = load_training_images(
         data, net, d, progress, cache_dir, cifar_class, allow_upscale, min_res=cfg.start_res
     )
@@ -544,6 +549,7 @@ def _run(
         reals=pyramid[net.max_res],
         cifar_class=cifar_class,
     )
+    files.compile_cache = cache
     setup.mark("files")
     return train_loop(
         s,
@@ -570,12 +576,14 @@ class SetupClock:
     run folder, the first step (the images' upload, cuDNN's algorithm search), then steps 2 to 4 (with
     --cuda-graph the rest of the warm-up and the capture with its check; a tick's housekeeping too where
     one ends among them, as in tiny runs), each in seconds. After the total, `probe_parts`: the probe's
-    seconds per resolution (budget.Probe.parts), where a fresh process pays its first steps' one-off costs."""
+    seconds per resolution (budget.Probe.parts), where a fresh process pays its first steps' one-off costs;
+    with --compile-cache, `compile_cache`: what the file held and how the compiles so far used it."""
 
     started: float  # time.monotonic() when the command began
     seconds: dict[str, float] = field(default_factory=dict)
     last: float = 0.0
     probe_parts: dict[int, dict[str, float]] = field(default_factory=dict)
+    compile_cache: CompileCache | None = None
 
     def mark(self, name: str) -> None:
         now = time.monotonic()
@@ -586,6 +594,8 @@ class SetupClock:
         out: dict[str, Any] = {**self.seconds, "total": round(self.last - self.started, 3)}
         if self.probe_parts:
             out["probe_parts"] = {str(r): v for r, v in self.probe_parts.items()}
+        if self.compile_cache is not None:
+            out["compile_cache"] = self.compile_cache.summary()
         return out
 
 
@@ -772,6 +782,7 @@ class RunFiles:
     main: bool
     grid_z: Tensor  # [n, z_dim] fixed latents: every grid of a run shows the same faces
     writer: Any = None  # TensorBoard's SummaryWriter, when tensorboard is installed
+    compile_cache: CompileCache | None = None  # --compile-cache: written with every checkpoint
 
     @classmethod
     def open(
@@ -878,6 +889,8 @@ class RunFiles:
                 else "no checkpoint was written yet"
             )
             raise TrainingError(f"could not write a checkpoint ({e}; is the disk full?); {kept}") from e
+        if self.compile_cache is not None:
+            self.compile_cache.save()
 
     def snapshot(self, s: RunState, res: int) -> None:
         try:
@@ -1045,6 +1058,9 @@ def train_loop(
     bar.close()
     if out_of_time and d.main:
         print(f"time budget of {minutes:g} minutes reached: stopped cleanly at kimg {s.cur_nimg / 1000:.2f}")
+    if files.compile_cache is not None and d.main:
+        c = files.compile_cache
+        print(f"compile cache: {c.saved} artifacts in {c.path} ({c.loaded} when the run started)")
     files.close()
     if d.world > 1:
         dist.barrier()

@@ -30,16 +30,6 @@ from trainer.networks import build_networks
 # ---------------------------------------------------------------------------- archives
 
 
-@pytest.fixture(scope="module")
-def faces_zip(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("zip") / "faces-32.zip"
-    rc = main(
-        ["prepare-data", str(faces_dir), "--res", "32", "--out", str(out), "--crop", "celeba", "--quiet"]
-    )
-    assert rc == 0
-    return out
-
-
 def test_archive_holds_the_folder_faces(faces_zip: Path, faces_dir: Path, tmp_path: Path) -> None:
     index = json.loads(zipfile.ZipFile(faces_zip).read("index.json"))
     assert index["count"] == 512 and index["resolution"] == 32 and index["crop"] == "celeba"
@@ -633,6 +623,7 @@ def test_packed_lease_checkpoint_round_trip(tiny_run: Path, tmp_path: Path) -> N
             assert torch.equal(t.half().float(), b.nets[k][name])
     assert a.opt and not b.opt and b.opt_phase == -1  # Adam starts fresh at the resume
     assert (b.cur_nimg, b.steps, b.history, b.train_cfg) == (a.cur_nimg, a.steps, a.history, a.train_cfg)
+    assert (run / "losses.png").stat().st_size > 1000  # drawn from the history: it does not travel
     assert all(torch.equal(x, y) for x, y in zip(a.rng["gen_ranks"], b.rng["gen_ranks"], strict=True))
     assert main(["train", "--quiet", "--resume", str(run), "--extend-kimg", "0.016"]) == 0
     (out / "ckpt.part0").write_bytes(b"damaged")
@@ -670,15 +661,21 @@ def test_lease_carry_parts_fit_each_call() -> None:
         carry.plan_parts(30, 19, 0, limit, margin)
 
 
-def test_lease_carry_plan_joins_to_the_archive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from scripts import gpu_carry as carry
-
+def lease_repo(tmp_path: Path) -> Path:
+    """A checkout of 7,006 bytes, 6,000 of them a model's weights that the plans hold for the last call."""
     repo = tmp_path / "repo"
     (repo / "models").mkdir(parents=True)
     (repo / ".gitignore").write_text(".gpu/\n")
     (repo / "models" / "weights.bin").write_bytes(bytes(6000))
     (repo / "README.md").write_text("x" * 1000)
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    return repo
+
+
+def test_lease_carry_plan_joins_to_the_archive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from scripts import gpu_carry as carry
+
+    repo = lease_repo(tmp_path)
     archive = tmp_path / "faces.zip"
     archive.write_bytes(np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes())
     args = ["--repo", str(repo), "plan", str(archive), "--hold", "models/weights.bin"]
@@ -706,6 +703,40 @@ def test_lease_carry_plan_joins_to_the_archive(tmp_path: Path, capsys: pytest.Ca
     shutil.copy(archive, repo / "faces.zip")
     assert carry.main(["--repo", str(repo), "plan", str(repo / "faces.zip")]) == 2
     assert "would travel in every call" in capsys.readouterr().err
+
+
+def test_lease_carry_also_takes_whole_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--also files travel whole: in a call with room for them, else in one more call before the last; the
+    archive's parts still join to it."""
+    from scripts import gpu_carry as carry
+
+    repo = lease_repo(tmp_path)
+    archive, small, large = tmp_path / "faces.zip", tmp_path / "small.bin", tmp_path / "cache.bin"
+    archive.write_bytes(np.random.default_rng(0).integers(0, 256, 20000, dtype=np.uint8).tobytes())
+    small.write_bytes(b"s" * 3000)
+    large.write_bytes(b"L" * 5000)
+    args = ["--repo", str(repo), "plan", str(archive), "--hold", "models/weights.bin", "--margin-mib", "0"]
+    assert carry.main([*args, "--limit-mib", str(12000 / 2**20), "--also", str(small), str(large)]) == 0
+    plan = json.loads((repo / ".gpu/lease/plan.json").read_text())
+    # the archive's parts as without --also (10,994 + 9,006 + 0); 5,000 bytes fit none of their calls' room
+    # (0, 1,988, 4,994) and go in a call of their own before the last; 3,000 fit in the last
+    assert [c["also"] for c in plan["calls"]] == [[], [], ["cache.bin"], ["small.bin"]]
+    assert [c["travels"] for c in plan["calls"]] == [12000, 1006 + 9006, 1006 + 5000, 7006 + 3000]
+    assert all(c["travels"] <= 12000 for c in plan["calls"])
+    parts = sorted((repo / ".gpu/lease").glob("c*/data.part*"), key=lambda p: p.name)
+    assert b"".join(p.read_bytes() for p in parts) == archive.read_bytes()
+    assert (repo / ".gpu/lease/c3/cache.bin").read_bytes() == large.read_bytes()
+    assert (repo / ".gpu/lease/c4/small.bin").read_bytes() == small.read_bytes()
+    assert "cp .gpu/lease/c3/cache.bin /tmp/carry/" in plan["calls"][2]["command"]
+    assert plan["calls"][3]["command"].endswith("DATA=/tmp/faces.zip <the round's command>")
+    assert (repo / ".gpu/lease/c4/data.sha256").is_file() and "with small.bin" in capsys.readouterr().out
+    assert carry.main([*args, "--limit-mib", str(12000 / 2**20), "--also", str(tmp_path / "no.bin")]) == 2
+    assert "no file to carry" in capsys.readouterr().err
+    assert carry.main([*args, "--limit-mib", str(9000 / 2**20), "--also", str(large), str(large)]) == 2
+    assert "different names" in capsys.readouterr().err
+    large.write_bytes(b"L" * 11000)
+    assert carry.main([*args, "--limit-mib", str(12000 / 2**20), "--also", str(large)]) == 2
+    assert "fits no call" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- CUDA paths, checked on CPU
