@@ -520,7 +520,15 @@ def _run(
 
     setup = SetupClock(started, compile_cache=cache)
     pyramid = load_training_images(
-        data, net, d, progress, cache_dir, cifar_class, allow_upscale, min_res=cfg.start_res
+        data,
+        net,
+        d,
+        progress,
+        cache_dir,
+        cifar_class,
+        allow_upscale,
+        min_res=cfg.start_res,
+        timings=setup.data_parts,
     )
     setup.mark("data")
     s = new_run_state(net, cfg, data, pyramid, device, d)
@@ -577,12 +585,15 @@ class SetupClock:
     --cuda-graph the rest of the warm-up and the capture with its check; a tick's housekeeping too where
     one ends among them, as in tiny runs), each in seconds. After the total, `probe_parts`: the probe's
     seconds per resolution (budget.Probe.parts), where a fresh process pays its first steps' one-off costs;
-    with --compile-cache, `compile_cache`: what the file held and how the compiles so far used it."""
+    `data_parts`: of the data's seconds, the decode into the cache and the downsampling (none when the
+    cache held every resolution); with --compile-cache, `compile_cache`: what the file held and how the
+    compiles so far used it."""
 
     started: float  # time.monotonic() when the command began
     seconds: dict[str, float] = field(default_factory=dict)
     last: float = 0.0
     probe_parts: dict[int, dict[str, float]] = field(default_factory=dict)
+    data_parts: dict[str, float] = field(default_factory=dict)  # data.load_images's timings
     compile_cache: CompileCache | None = None
 
     def mark(self, name: str) -> None:
@@ -594,6 +605,8 @@ class SetupClock:
         out: dict[str, Any] = {**self.seconds, "total": round(self.last - self.started, 3)}
         if self.probe_parts:
             out["probe_parts"] = {str(r): v for r, v in self.probe_parts.items()}
+        if self.data_parts:
+            out["data_parts"] = self.data_parts
         if self.compile_cache is not None:
             out["compile_cache"] = self.compile_cache.summary()
         return out
@@ -623,11 +636,14 @@ def load_training_images(
     cifar_class: str | None,
     allow_upscale: bool,
     min_res: int = 4,
+    timings: dict[str, float] | None = None,
 ) -> dict[int, np.ndarray]:
     """Every resolution a run trains at, `min_res` (its start) to net.max_res (uint8 memmaps [M, R, R, 3]):
     rank 0 decodes into the cache first, then the other ranks map it. A run that starts at 256 px (a model
-    grown before) builds no lower resolutions."""
-    kw: dict[str, Any] = dict(cache_dir=cache_dir, cifar_class=cifar_class, allow_upscale=allow_upscale)
+    grown before) builds no lower resolutions. `timings`: data.load_images's."""
+    kw: dict[str, Any] = dict(
+        cache_dir=cache_dir, cifar_class=cifar_class, allow_upscale=allow_upscale, timings=timings
+    )
 
     def load(show: bool) -> dict[int, np.ndarray]:
         if net.arch == "progan":

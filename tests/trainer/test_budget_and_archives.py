@@ -46,6 +46,24 @@ def test_archive_holds_the_folder_faces(faces_zip: Path, faces_dir: Path, tmp_pa
     assert (shuffled > 2 * diff).mean() > 0.95
 
 
+def test_images_decode_straight_into_their_cache_file(faces_zip: Path, tmp_path: Path) -> None:
+    """The decode writes into the cache file itself (no in-memory copy, no second pass), and so does the
+    last halving of a lower resolution: the same pixels as in memory; `timings` gets the work done."""
+    from trainer import data
+
+    cache, timings = tmp_path / "c", dict[str, float]()
+    top = load_images(faces_zip, 32, cache_dir=cache, progress=False, timings=timings)
+    assert isinstance(top, np.memmap) and list(timings) == ["decode"] and timings["decode"] > 0
+    in_memory, skipped = data._decode(find_source(faces_zip), 32, False)
+    assert skipped == 0 and not isinstance(in_memory, np.memmap) and np.array_equal(top, in_memory)
+    low = load_images(faces_zip, 8, cache_dir=cache, progress=False, timings=timings)
+    assert set(timings) == {"decode", "downsample"}
+    assert np.array_equal(low, data.downsample_box(data.downsample_box(in_memory)))
+    cached: dict[str, float] = {}
+    assert np.array_equal(load_images(faces_zip, 8, cache_dir=cache, progress=False, timings=cached), low)
+    assert cached == {} and not any(cache.rglob("*.tmp"))
+
+
 def test_prepare_data_reads_what_train_data_reads(faces_zip: Path, tmp_path: Path) -> None:
     """prepare-data takes every source `train --data` takes: an archive (smaller again, its licence kept),
     a .npy of faces, CIFAR-10 batches (one class); each archive holds those images at the new size."""
@@ -218,6 +236,7 @@ def test_a_damaged_archive_gets_a_clear_error(
     assert err.startswith(f"error: {archive}") and says in err, err
     assert "make it again with prepare-data" in err and "sha256" in err  # what to do about it
     assert not out.exists() and not any(cache.rglob("*.npy"))  # no run folder, no half-decoded cache
+    assert not any(cache.rglob("*.tmp"))  # nor the file it was decoding into
 
 
 def test_an_archive_below_max_res_needs_allow_upscale(

@@ -29,6 +29,10 @@ def test_tiny_run_grows_to_16_with_outputs(tiny_run: Path) -> None:
     assert any(r["phase"] == "fade" and 0 < r["alpha"] < 1 for r in rows)
     # where the time before the steps went (no --minutes: no probe), in order, adding up to the total
     setup = json.loads((tiny_run / "setup.json").read_text())
+    # of the data's seconds, the decode into the cache and the pyramid below it, unless another test's
+    # run filled this cache first
+    parts = setup.pop("data_parts", {})
+    assert set(parts) <= {"decode", "downsample"} and sum(parts.values()) <= setup["data"]
     assert list(setup) == ["data", "networks", "files", "first_step", "steps_2_to_4", "total"]
     assert min(setup.values()) >= 0 and abs(sum(setup.values()) - 2 * setup["total"]) < 0.01
     assert setup["total"] < rows[-1]["wall_s"]
@@ -181,7 +185,8 @@ def test_unreadable_and_greyscale_files(tmp_path: Path) -> None:
     Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(folder / "sub" / "grey.webp")
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     arr = load_images(folder, 32, cache_dir=tmp_path / "cache", progress=False)
-    assert arr.shape == (4, 32, 32, 3)
+    assert arr.shape == (4, 32, 32, 3)  # the cache file was made for 5: the 4 saved instead
+    assert not any((tmp_path / "cache").rglob("*.tmp"))
 
 
 def test_cifar_batches_with_class_filter(tmp_path: Path) -> None:
