@@ -64,7 +64,7 @@ def main() -> int:
         return 2
     forms = {"decode, then np.save": in_memory_then_saved, "into the cache file": into_the_cache_file}
     seconds: dict[str, list[float]] = {k: [] for k in forms}
-    with tempfile.TemporaryDirectory(dir=REPO / ".gpu" if (REPO / ".gpu").is_dir() else None) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         archive = first_faces(a.archive, a.count, Path(tmp) / "faces.zip") if a.count else a.archive
         n = len(data.zip_members(archive))
         got = {}

@@ -300,3 +300,15 @@ def test_pyramid_bench_prints_both_forms_and_their_bytes_agree(faces_dir: Path, 
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "->" in line]
     assert [r.split("|")[1].strip() for r in rows] == ["32 -> 16", "16 -> 8", "8 -> 4"]
     assert all(r.split("|")[5].strip() == "True" for r in rows)
+
+
+def test_decode_cache_bench_prints_both_forms_with_the_same_pixels(faces_zip: Path) -> None:
+    """bench/decode_cache.py on 64 real faces of an archive at 32 px: a row per form, the same pixels."""
+    cmd = [sys.executable, "bench/decode_cache.py", str(faces_zip), "--count", "64", "--res", "32"]
+    proc = subprocess.run(cmd + ["--reps", "1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert rows[2:] == ["decode, then np.save", "into the cache file"]
+    assert "64 faces of faces-32.zip at 32x32" in proc.stdout and "the same pixels: True" in proc.stdout
+    bad = subprocess.run(cmd[:2] + ["nowhere.zip"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no archive at nowhere.zip" in bad.stderr
