@@ -77,7 +77,7 @@ $PY scripts/gpu_checkpoint.py pack "$run" "$OUT"
 cp "$run/stats.jsonl" "$OUT/" 2>/dev/null
 cp "$(ls "$run"/grids/*.png | tail -1)" "$OUT/grid.png" 2>/dev/null
 cache_bytes=0
-if [ -f "$cache" ]; then
+if [ "${COMPILE:-0}" = 1 ] && [ -f "$cache" ]; then
     cache_bytes=$(stat -c %s "$cache")
     if [ "$cache_bytes" -le $((15 * 1024 * 1024)) ]; then
         cp "$cache" "$OUT/compile-cache.bin"

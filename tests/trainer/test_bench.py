@@ -312,3 +312,38 @@ def test_decode_cache_bench_prints_both_forms_with_the_same_pixels(faces_zip: Pa
     assert "64 faces of faces-32.zip at 32x32" in proc.stdout and "the same pixels: True" in proc.stdout
     bad = subprocess.run(cmd[:2] + ["nowhere.zip"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no archive at nowhere.zip" in bad.stderr
+
+
+def test_gpu_round_script_packs_at_most_eight_files(faces_zip: Path, tmp_path: Path) -> None:
+    """scripts/gpu_round.sh on a CPU, a 4 px `tiny` round of 40 s: the checkpoint in parts, ckpt.json,
+    stats.jsonl, round.json and the grid come back (the loss plot does not: unpack draws it), at most 8
+    files, and the parts unpack into a run with its losses.png."""
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    out.mkdir()
+    env = {**os.environ, "OUT": str(out), "RUNS": str(runs), "DATA": str(faces_zip), "PRESET": "tiny"}
+    env.update(MAX_RES="4", END_S="40", PY=sys.executable, PROGAN_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run(
+        ["bash", "scripts/gpu_round.sh", "--start-res", "4"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["ckpt.json", "ckpt.part0", "grid.png", "round.json", "stats.jsonl"]
+    got = json.loads((out / "round.json").read_text())
+    assert got["rc"] == 0 and got["setup_s"]["probe_parts"] and got["compile_cache_bytes"] is None
+    assert got["d_level"] is None  # off unless D_LEVEL_STEPS asks
+    back = tmp_path / "back"
+    unpack = [
+        sys.executable,
+        "scripts/gpu_checkpoint.py",
+        "unpack",
+        str(out / "ckpt.part0"),
+        "--out",
+        str(back),
+    ]
+    subprocess.run(unpack, cwd=REPO, check=True, capture_output=True)
+    assert (back / "checkpoint.pt").is_file() and (back / "losses.png").is_file()

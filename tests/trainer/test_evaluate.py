@@ -294,3 +294,57 @@ def test_compare_data_missing_set(twin_archives: dict[str, Path], tmp_path: Path
         [str(twin_archives["lossless"]), str(tmp_path / "none.zip"), "--res", "16"], capsys
     )
     assert rc == 2 and "does not exist" in err
+
+
+def test_spectrum_script_measures_periodic_patterns_against_the_real_faces(
+    tiny_model_dir: Path, tiny_run: Path, faces_zip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """scripts/spectrum.py: a row per band and per periodic point for each model (an ONNX folder, a run),
+    a plot; a pattern of period 2 shows at that point only, and bad input is a clear error."""
+    from scripts import spectrum
+
+    plot = tmp_path / "spectrum.png"
+    args = ["--data", str(faces_zip), "--res", "16", "--num", "16"]
+    assert spectrum.main([str(tiny_model_dir), str(tiny_run), *args, "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")][2:]
+    assert rows == [f"band {lo:.2f}-{hi:.2f}" for lo, hi in spectrum.BANDS] + list(spectrum.POINTS)
+    assert plot.stat().st_size > 5000
+    # columns alternating by +-20 grey levels on smooth images: power at period 2 along x, not along y
+    rng = np.random.default_rng(0)
+    smooth = np.repeat(np.repeat(rng.integers(60, 190, (16, 4, 4, 3)), 8, axis=1), 8, axis=2)
+    stripes = smooth + np.where(np.arange(32) % 2, 20, -20)[None, None, :, None]
+    real, fake = (
+        spectrum.power_spectrum(smooth.astype(np.uint8)),
+        spectrum.power_spectrum(stripes.astype(np.uint8)),
+    )
+    got = spectrum.relative(fake, real)
+    assert got["period 2 along x"] > 100 * got["period 2 along y"] and got["band 0.00-0.05"] == pytest.approx(
+        1, rel=0.2
+    )
+    assert spectrum.main([str(tiny_model_dir), *args, "--labels", "tiny"]) == 0
+    assert "| where | tiny |" in capsys.readouterr().out
+    assert spectrum.main([str(tiny_model_dir), *args, "--labels", "a", "b"]) == 2
+    assert "--labels names 2 models" in capsys.readouterr().err
+    assert spectrum.main([str(tmp_path / "nothing"), *args]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert spectrum.main([str(tiny_model_dir), *args[:4], "--num", "4096"]) == 2
+    assert "fewer than --num 4096" in capsys.readouterr().err
+
+
+def test_output_filter_bench_measures_both_forms(
+    tiny_model_dir: Path, faces_zip: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench/output_filter.py on the tiny model at 16 px: a row as generated and one resampled through 12 px
+    (too few images for FID: KID only); a --via at or above --res is an error."""
+    from bench import output_filter
+
+    args = [str(tiny_model_dir), "--data", str(faces_zip), "--res", "16", "--num", "16", "--real-num", "16"]
+    assert output_filter.main([*args, "--via", "12", "--batch", "8"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][2:]
+    assert [r[1].strip() for r in rows] == ["as generated", "through 12 px and back"]
+    assert all(r[2].strip() == "-" and "±" in r[3] for r in rows)
+    assert output_filter.main([*args, "--via", "16"]) == 2
+    assert "--via must be between 8 and --res (16)" in capsys.readouterr().err
+    img = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    assert output_filter.round_trip(img, 12).shape == (2, 16, 16, 3)
