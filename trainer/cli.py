@@ -273,6 +273,29 @@ def switch_fused_scale(net: NetConfig, fused: bool | None) -> NetConfig:
     return dataclasses.replace(net, fused_scale=fused)
 
 
+def check_something_to_train(path: str, ck: Checkpoint, net: NetConfig, cfg: TrainConfig) -> None:
+    """A run that already finished its schedule (or its --max-steps) has nothing left to train: an error
+    before the data is decoded or anything of the run folder is rewritten, saying how to go on."""
+    from trainer.config import phase_start_nimg, schedule
+
+    phases = schedule(net, cfg)
+    end = phase_start_nimg(phases, len(phases))
+    shown = ck.cur_nimg or 0
+    steps_done = cfg.max_steps is not None and ck.steps >= cfg.max_steps
+    if shown < end and not steps_done:
+        return
+    why = (
+        f"took its {cfg.max_steps} steps (--max-steps)"
+        if steps_done and shown < end
+        else f"finished its schedule at {shown / 1000:g} kimg"
+    )
+    raise ValueError(
+        f"{path} {why}: nothing to train. --extend-kimg K trains its final resolution K kimg longer"
+        + (", with a larger --max-steps" if steps_done else "")
+        + "; to train it on other terms, export it and --resume the model folder"
+    )
+
+
 def resume_defaults(a: argparse.Namespace, ck: Checkpoint) -> None:
     """A model folder trains further with its own preset and at its own resolution unless the command line
     says otherwise (its train_cfg names the preset; one this trainer no longer has falls back to fast)."""
@@ -322,6 +345,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         net, cfg = resolve_resume(ck, net, cfg, a.extend_kimg or 0.0, overrides)
         net = switch_fused_scale(net, a.fused_scale)
         a.data = a.data or ck.data
+        if not ck.is_model and not a.dry_run:
+            check_something_to_train(a.resume, ck, net, cfg)
     elif a.extend_kimg is not None:  # a new run: its final stabilisation gets that much longer
         cfg = dataclasses.replace(cfg, extra_kimg=a.extend_kimg)
     kw = dict(

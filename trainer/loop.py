@@ -853,21 +853,33 @@ class RunFiles:
         cifar_class: str | None,
     ) -> None:
         cuda = device.type == "cuda"
-        config = {
-            "net": dataclasses.asdict(s.net),
-            "train": s.cfg.to_json(),
-            "data": s.data,
-            "num_images": s.num_images,
-            "cifar_class": cifar_class,
+        where = {
             "commit": git_commit(),
             "torch": torch.__version__,
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if cuda else "cpu",
             "world_size": d.world,
-            "data_index": s.data_index,
-            "resumed_from": None if resumed is None else resumed.path,
         }
-        (self.dir / "config.json").write_text(json.dumps(config, indent=2))
+        path = self.dir / "config.json"
+        first = read_config(path) if resumed is not None and not resumed.is_model else None
+        if first is not None:
+            # a continued run keeps what its first start wrote (where it began); its schedule as now, and a
+            # line per continuation: from which kimg, on what
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            resumes = [*first.get("resumes", []), {"from_kimg": s.cur_nimg / 1000, **where, "date": when}]
+            config = {**first, "train": s.cfg.to_json(), "resumes": resumes}
+        else:
+            config = {
+                "net": dataclasses.asdict(s.net),
+                "train": s.cfg.to_json(),
+                "data": s.data,
+                "num_images": s.num_images,
+                "cifar_class": cifar_class,
+                **where,
+                "data_index": s.data_index,
+                "resumed_from": None if resumed is None else resumed.path,
+            }
+        path.write_text(json.dumps(config, indent=2))
         if probe:
             plan = describe_schedule(s.net, s.cfg, probe)
             (self.dir / "plan.txt").write_text(plan + "\n")
@@ -917,6 +929,15 @@ class RunFiles:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def read_config(path: Path) -> dict[str, Any] | None:
+    """A run folder's config.json as written, or None when there is none or it is not a JSON object."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 # ---------------------------------------------------------------------------- the loop

@@ -78,6 +78,38 @@ def test_a_dry_run_refuses_what_the_run_would(capsys, faces_dir: Path) -> None:
     assert _train("--data", str(faces_dir), "--max-res", "256", "--dry-run", "--allow-upscale") == 0
 
 
+def test_a_finished_run_has_nothing_to_train_and_a_continued_one_keeps_its_first_config(
+    faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Resuming a run that finished its schedule (or its --max-steps) is an error saying how to go on, with
+    nothing of the run folder rewritten; a continued run keeps its first start's config.json (where it
+    began) with its schedule as now and a line per continuation."""
+    # its own image cache, the resume's too: faces decoded straight at 4 px differ from the 4 px level that
+    # other tests' pyramids box-average down from 16 or 32, and a shared cache keeps whichever came first
+    cache = tmp_path / "cache"
+    common = ["--data", str(faces_dir), "--max-res", "4", "--first-kimg", "0.016", "--cache-dir", str(cache)]
+    assert _train(*common, "--out", str(tmp_path / "runs")) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert _train("--resume", str(run)) == 2
+    err = capsys.readouterr().err
+    assert "finished its schedule at 0.016 kimg: nothing to train" in err and "--extend-kimg K" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    first = json.loads(before["config.json"])
+    assert first["resumed_from"] is None and "resumes" not in first
+    assert _train("--resume", str(run), "--extend-kimg", "0.016", "--cache-dir", str(cache)) == 0
+    config = json.loads((run / "config.json").read_text())
+    (again,) = config["resumes"]
+    assert again["from_kimg"] == 0.016 and again["commit"] == first["commit"] and again["date"].endswith("Z")
+    assert config["train"]["extra_kimg"] == 0.016 and config["resumed_from"] is None
+    assert {k: v for k, v in config.items() if k not in ("train", "resumes")} == {
+        k: v for k, v in first.items() if k != "train"
+    }
+    assert _train("--resume", str(run), "--extend-kimg", "0.016", "--max-steps", "2") == 2
+    assert "took its 2 steps (--max-steps)" in capsys.readouterr().err
+
+
 def test_resume_mid_fade_is_exact(faces_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
     common = ["--data", str(faces_dir), "--max-res", "16", "--cache-dir", str(cache_dir)]
     assert _train(*common, "--out", str(tmp_path / "a"), "--max-steps", "10") == 0
