@@ -140,12 +140,10 @@ def write_plan(
     shutil.rmtree(lease, ignore_errors=True)
     digest = hashlib.sha256()
     calls: list[dict[str, Any]] = []
-    parts: dict[int, int] = {}
     with archive.open("rb") as src:
         for i, size in enumerate(sizes):
             blob = src.read(size)
             digest.update(blob)
-            parts[i] = size
             folder = lease / f"c{order.index(i) + 1}"
             folder.mkdir(parents=True)
             (folder / f"data.part{i:02d}").write_bytes(blob)
@@ -157,10 +155,11 @@ def write_plan(
             shutil.copyfile(a, folder / a.name)
         here = str(folder.relative_to(repo))
         steps = ["mkdir -p /tmp/data" + (f" {CARRIED}" if carried else "")]
-        if planned in parts:
+        part = sizes[planned] if planned < len(sizes) else 0  # the added calls carry no part
+        if planned < len(sizes):
             steps.append(f"cp {here}/data.part* /tmp/data/")
         steps += [f"cp {here}/{a.name} {CARRIED}/" for a in carried]
-        size = parts.get(planned, 0) + sum(a.stat().st_size for a in carried)
+        size = part + sum(a.stat().st_size for a in carried)
         calls.append(
             {
                 "carry": [here],
