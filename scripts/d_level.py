@@ -86,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         ck = Checkpoint.load(a.run)
         if ck.is_model or ck.cur_nimg is None:
             raise CheckpointError(f"{a.run} is not a run's checkpoint (a model folder records no position)")
-        images = load_images(a.data, ck.res, cache_dir=a.cache_dir, allow_upscale=True, progress=False)
+        images = load_images(  # the faces it trained on: halved from its top resolution
+            a.data, ck.res, top=ck.net.max_res, cache_dir=a.cache_dir, allow_upscale=True, progress=False
+        )
     except (CheckpointError, DataError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

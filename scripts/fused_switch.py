@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         ck = Checkpoint.load(a.checkpoint)
         if ck.net.fused_scale:
             raise CheckpointError(f"{a.checkpoint} was trained fused already: nothing switches")
-        images = load_images(a.data, ck.res, cache_dir=a.cache_dir, allow_upscale=True, progress=False)
+        images = load_images(  # the faces it trained on: halved from its top resolution
+            a.data, ck.res, top=ck.net.max_res, cache_dir=a.cache_dir, allow_upscale=True, progress=False
+        )
     except (CheckpointError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

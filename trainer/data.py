@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -33,7 +33,7 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp"}
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR_ALIASES = {"car": "automobile", "cars": "automobile", "plane": "airplane"}
 CELEBA_CROP = 140 / 178  # the usual centred face crop of CelebA's aligned 178x218 images
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: lower resolutions named by the decode they were halved from (level_name)
 # what to do about an archive that is cut short or damaged: it is made locally, or carried to a GPU in parts
 REMAKE_ARCHIVE = (
     "make it again with prepare-data, or, if it was carried in parts, join every part in order and compare "
@@ -435,10 +435,19 @@ def _cache_file(path: Path) -> Iterator[tuple[Alloc, Callable[[np.ndarray], None
         tmp.unlink(missing_ok=True)
 
 
+def level_name(res: int, top: int) -> str:
+    """The cache file of `res` px images made from a decode at `top` px: `64.npy` decoded straight to 64 px,
+    `16-box64.npy` two 2x box halvings of that. Two names, so that a resolution's pixels depend on how it was
+    asked for and never on what the cache happened to hold (a run's 16 px faces are the same on a fresh
+    machine as on one that had evaluated at 16 px before)."""
+    return f"{res}.npy" if res == top else f"{res}-box{top}.npy"
+
+
 def load_images(
     path: str | Path,
     res: int,
     *,
+    top: int | None = None,
     cache_dir: str | Path | None = None,
     cifar_class: str | None = None,
     allow_upscale: bool = False,
@@ -447,52 +456,65 @@ def load_images(
 ) -> np.ndarray:
     """All images of `path` as a read-only uint8 memmap [N, res, res, 3], decoded once and cached.
 
-    Lower resolutions are 2x2 box averages of the next higher cached one, as in the paper. `timings`, if
-    given, gets the seconds of the work done here (not when the cache held it): `decode` (into the cache
-    file) or `downsample`, added up over calls."""
+    `top` (default `res`): the resolution the source is decoded to; below it, `res` is reached by 2x2 box
+    averages, one halving at a time, as in the paper (a training run's lower resolutions, `load_pyramid`).
+    `timings`, if given, gets the seconds of the work done here (not when the cache held it): `decode`
+    (into the cache file) and `downsample`, added up over calls."""
+    top = top or res
+    if top < res or top % res or (top // res) & (top // res - 1):
+        raise ValueError(f"{res} px is not a power-of-two halving of {top} px")
+    kw: dict[str, Any] = dict(cache_dir=cache_dir, cifar_class=cifar_class, allow_upscale=allow_upscale)
     src = find_source(path, cifar_class)
     root = Path(cache_dir or default_cache_dir()) / src.key
-    target = root / f"{res}.npy"
-    if not target.exists():
-        check_resolution(src, res, allow_upscale)
-        larger = sorted(int(p.stem) for p in root.glob("*.npy") if p.stem.isdigit() and int(p.stem) > res)
+    target = root / level_name(res, top)
+    if target.exists():
+        pass
+    elif res < top:
+        r = 2 * res  # the nearest level made on the way down from top
+        while r < top and not (root / level_name(r, top)).exists():
+            r *= 2
+        arr = load_images(path, r, top=top, progress=progress, timings=timings, **kw)
         began = time.perf_counter()
-        if larger:
-            arr = np.load(root / f"{larger[0]}.npy", mmap_mode="r")
-            r = larger[0]
-            with _cache_file(target) as (alloc, done):
-                while r > res:  # the last halving straight into the cache file
-                    out = alloc(len(arr), r // 2) if r // 2 == res else None
-                    arr, r = downsample_box(arr, out=out), r // 2
-                done(arr)
-            work = "downsample"
-        else:
-            with _cache_file(target) as (alloc, done):
-                arr, skipped = _decode(src, res, progress, alloc)
-                done(arr)
-            work = "decode"
-            meta = {
-                "path": str(src.path.resolve()),
-                "kind": src.kind,
-                "count": len(arr),
-                "skipped": skipped,
-                "cifar_class": src.cifar_class,
-            }
-            (root / "meta.json").write_text(json.dumps(meta, indent=1))
+        with _cache_file(target) as (alloc, done):
+            while r > res:  # the last halving straight into the cache file
+                out = alloc(len(arr), r // 2) if r // 2 == res else None
+                arr, r = downsample_box(arr, out=out), r // 2
+            done(arr)
         del arr  # the map it may be: np.load maps the file anew
-        if timings is not None:
-            timings[work] = round(timings.get(work, 0.0) + time.perf_counter() - began, 3)
+        _add_time(timings, "downsample", began)
+    else:
+        check_resolution(src, res, allow_upscale)
+        began = time.perf_counter()
+        with _cache_file(target) as (alloc, done):
+            arr, skipped = _decode(src, res, progress, alloc)
+            done(arr)
+        meta = {
+            "path": str(src.path.resolve()),
+            "kind": src.kind,
+            "count": len(arr),
+            "skipped": skipped,
+            "cifar_class": src.cifar_class,
+        }
+        (root / "meta.json").write_text(json.dumps(meta, indent=1))
+        del arr
+        _add_time(timings, "decode", began)
     arr = np.load(target, mmap_mode="r")
     if len(arr) == 0:
         raise DataError(f"no usable images in {path}")
     return arr
 
 
+def _add_time(timings: dict[str, float] | None, work: str, began: float) -> None:
+    if timings is not None:
+        timings[work] = round(timings.get(work, 0.0) + time.perf_counter() - began, 3)
+
+
 def load_pyramid(path: str | Path, max_res: int, min_res: int = 4, **kw: object) -> dict[int, np.ndarray]:
-    """load_images at max_res and every power of two below it down to min_res."""
+    """load_images at max_res and, halved from it, every power of two below it down to min_res."""
     out = {max_res: load_images(path, max_res, **kw)}  # type: ignore[arg-type]
+    rest = {k: v for k, v in kw.items() if k != "progress"}
     r = max_res // 2
     while r >= min_res:
-        out[r] = load_images(path, r, progress=False, **{k: v for k, v in kw.items() if k != "progress"})  # type: ignore[arg-type]
+        out[r] = load_images(path, r, top=max_res, progress=False, **rest)  # type: ignore[arg-type]
         r //= 2
     return out

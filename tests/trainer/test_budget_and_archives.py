@@ -56,11 +56,13 @@ def test_images_decode_straight_into_their_cache_file(faces_zip: Path, tmp_path:
     assert isinstance(top, np.memmap) and list(timings) == ["decode"] and timings["decode"] > 0
     in_memory, skipped = data._decode(find_source(faces_zip), 32, False)
     assert skipped == 0 and not isinstance(in_memory, np.memmap) and np.array_equal(top, in_memory)
-    low = load_images(faces_zip, 8, cache_dir=cache, progress=False, timings=timings)
+    low = load_images(faces_zip, 8, top=32, cache_dir=cache, progress=False, timings=timings)
     assert set(timings) == {"decode", "downsample"}
     assert np.array_equal(low, data.downsample_box(data.downsample_box(in_memory)))
     cached: dict[str, float] = {}
-    assert np.array_equal(load_images(faces_zip, 8, cache_dir=cache, progress=False, timings=cached), low)
+    assert np.array_equal(
+        load_images(faces_zip, 8, top=32, cache_dir=cache, progress=False, timings=cached), low
+    )
     assert cached == {} and not any(cache.rglob("*.tmp"))
 
 
@@ -500,7 +502,7 @@ def test_a_grown_model_decodes_no_resolution_below_its_start(
         ]
     )  # fmt: skip
     assert rc == 0
-    assert sorted(p.name for p in cache.glob("*/*.npy")) == ["16.npy", "32.npy"]
+    assert sorted(p.name for p in cache.glob("*/*.npy")) == ["16-box32.npy", "32.npy"]
 
 
 def test_a_resumed_model_switches_to_the_fused_layers(

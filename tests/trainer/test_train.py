@@ -13,7 +13,7 @@ import torch
 from bench.pyramid import one_reduction
 from trainer.checkpoint import Checkpoint, SchedulePosition, load_generator
 from trainer.cli import main
-from trainer.data import downsample_box, find_source, load_images
+from trainer.data import downsample_box, find_source, load_images, load_pyramid
 
 
 def _train(*args: str) -> int:
@@ -203,7 +203,31 @@ def test_box_downscale_is_the_rounded_2x2_mean(faces_dir: Path, tmp_path: Path) 
         assert np.array_equal(downsample_box(faces, chunk=chunk), want)
     quad = np.array([[[[1], [2]], [[2], [2]]]], dtype=np.uint8)  # 7 / 4 = 1.75 -> 2; 6 / 4 = 1.5 -> 2
     assert downsample_box(quad).item() == 2 and downsample_box(quad - 1).item() == 1  # 3 / 4 -> 1
-    assert np.array_equal(load_images(faces_dir, 16, cache_dir=tmp_path), downsample_box(faces))
+    assert np.array_equal(load_images(faces_dir, 16, top=32, cache_dir=tmp_path), downsample_box(faces))
+
+
+def test_a_resolutions_pixels_do_not_depend_on_what_the_cache_held(faces_dir: Path, tmp_path: Path) -> None:
+    """A run's lower resolutions are halvings of its top one and a single resolution asked for alone is decoded
+    straight to it, whatever the cache held before: the 8 px faces of a 32 px pyramid are the same on a fresh
+    machine as on one that decoded 8 px faces first (an evaluation) or a 16 px pyramid, which an exact resume
+    on another machine needs. Each form has its own cache file."""
+    fresh = load_pyramid(faces_dir, 32, min_res=8, cache_dir=tmp_path / "fresh", progress=False)
+    used = tmp_path / "used"
+    direct = load_images(faces_dir, 8, cache_dir=used, progress=False)
+    small = load_pyramid(faces_dir, 16, min_res=8, cache_dir=used, progress=False)
+    again = load_pyramid(faces_dir, 32, min_res=8, cache_dir=used, progress=False)
+    for r in (32, 16, 8):
+        assert np.array_equal(again[r], fresh[r]), r
+    assert np.array_equal(fresh[8], downsample_box(downsample_box(fresh[32])))
+    assert not np.array_equal(direct, fresh[8])  # Lanczos from the photo is another image than box averages
+    assert np.array_equal(small[8], downsample_box(small[16]))
+    assert np.array_equal(load_images(faces_dir, 8, cache_dir=used, progress=False), direct)
+    (root,) = used.iterdir()
+    assert sorted(p.name for p in root.glob("*.npy")) == [
+        "16-box32.npy", "16.npy", "32.npy", "8-box16.npy", "8-box32.npy", "8.npy"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="not a power-of-two halving"):
+        load_images(faces_dir, 12, top=32, cache_dir=used)
 
 
 def test_unreadable_and_greyscale_files(tmp_path: Path) -> None:
