@@ -77,7 +77,14 @@ def probe_throughput(
     uploaded twice. Raises BudgetError as soon as `deadline` (time.monotonic(); less the final save) has
     passed: a probe slower than the budget (a large network on a CPU, compiling) stops there, not minutes
     later. A single process checks after every step; ranks agree after each block of steps."""
-    from trainer.loop import LoopStep, make_optimizer, past_deadline
+    from trainer.loop import (
+        LoopStep,
+        allocator_said,
+        is_out_of_memory,
+        make_optimizer,
+        past_deadline,
+        smaller_minibatch,
+    )
 
     began = time.monotonic()
 
@@ -130,17 +137,26 @@ def probe_throughput(
         reals = images[p.res]  # the upload (a run at one resolution then finds it done)
         _sync(ctx.device)
         upload = time.perf_counter() - t
-        step: Any = LoopStep(
-            probe, G, G_ema, reals, p.res, batch, opt_G, opt_D, ctx.cfg.ema_beta, True, channels_last
-        )
-        if ctx.cfg.cuda_graph:  # the step the loop will replay: its rate, not the eager one's
-            from trainer.graphstep import GraphedStep
+        try:
+            step: Any = LoopStep(
+                probe, G, G_ema, reals, p.res, batch, opt_G, opt_D, ctx.cfg.ema_beta, True, channels_last
+            )
+            if ctx.cfg.cuda_graph:  # the step the loop will replay: its rate, not the eager one's
+                from trainer.graphstep import GraphedStep
 
-            step = GraphedStep(step, p.kind == "fade", warmup=warmup, check=False, verbose=False)
-        # with a graph the warm-up steps, then the capture and its first replay
-        step1 = timed(step, alpha, p.res, 1)
-        warm = step1 + timed(step, alpha, p.res, warmup)
-        took = timed(step, alpha, p.res, steps)
+                step = GraphedStep(step, p.kind == "fade", warmup=warmup, check=False, verbose=False)
+            # with a graph the warm-up steps, then the capture and its first replay
+            step1 = timed(step, alpha, p.res, 1)
+            warm = step1 + timed(step, alpha, p.res, warmup)
+            took = timed(step, alpha, p.res, steps)
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
+            raise BudgetError(
+                f"the throughput probe ran out of memory at {p.res}x{p.res} with minibatch {p.batch} on "
+                f"{ctx.device} ({allocator_said(e)}); nothing was trained or written. Start again with "
+                f"{smaller_minibatch(p.batch)}"
+            ) from e
         rates[p.res] = batch * ctx.d.world * steps / took
         setup[p.res] = max(0.0, warm - (warmup + 1) * took / steps)
         parts[p.res] = {

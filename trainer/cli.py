@@ -53,7 +53,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stab-kimg", type=float, help="kimg per stabilisation phase")
     p.add_argument("--first-kimg", type=float, help="kimg at the start resolution (default: --stab-kimg)")
     p.add_argument("--total-kimg", type=float, help="DCGAN budget (default: the ProGAN schedule's total)")
-    p.add_argument("--batch", type=int, help="one minibatch size for every resolution")
+    p.add_argument(
+        "--batch",
+        type=int,
+        help="one minibatch size for every resolution (with --resume RUN: from where the run stopped on, "
+        "as after running out of memory)",
+    )
     p.add_argument("--lr", type=float, help="one learning rate for every resolution")
     p.add_argument("--gp-lambda", type=float)
     p.add_argument("--r1-gamma", type=float)
@@ -183,12 +188,15 @@ def resolve_configs(a: argparse.Namespace) -> tuple[NetConfig, TrainConfig]:
 
 
 def runtime_overrides(a: argparse.Namespace) -> dict[str, Any]:
-    """Settings that change speed or bookkeeping but not the maths: a resumed run takes them from the
-    command line when given (everything else comes from the checkpoint)."""
+    """Settings that change speed or bookkeeping but not the maths, and the minibatch (to fit the device's
+    memory: a run that ran out of it goes on with a smaller one; the schedule, in images, stays): a resumed
+    run takes them from the command line when given (everything else comes from the checkpoint)."""
     out: dict[str, Any] = {}
     for arg in ("amp", "tick_kimg", "checkpoint_minutes", "channels_last"):
         if getattr(a, arg) is not None:
             out[arg] = getattr(a, arg)
+    if a.batch is not None:
+        out.update(batch_by_res={}, default_batch=a.batch)
     if a.compile:
         out["compile"] = True
     if a.cuda_graph:
@@ -223,8 +231,9 @@ RUN_KEEPS = (
 
 def check_run_flags(a: argparse.Namespace, ck: Checkpoint) -> None:
     """A run's checkpoint continues on its own schedule: flags that would change it (the preset, --max-res,
-    the minibatch, the learning rate, kimg, loss settings) and disagree with it are an error rather than
-    silently ignored; the same values are fine (scripts repeat them). Nothing is trained or written."""
+    the learning rate, kimg, loss settings) and disagree with it are an error rather than silently ignored;
+    the same values are fine (scripts repeat them). Nothing is trained or written. --batch may change (a
+    run that ran out of memory goes on with a smaller minibatch: `runtime_overrides`)."""
     train, net = ck.train, ck.net
     res = [r for r in net.resolutions if r >= train.start_res] if net.arch == "progan" else [net.max_res]
     wrong = []
@@ -237,10 +246,9 @@ def check_run_flags(a: argparse.Namespace, ck: Checkpoint) -> None:
         if value is not None and value != getattr(train, key):
             wrong.append(f"--{key.replace('_', '-')} {value} (it has {getattr(train, key)})")
     run_lr = (lambda r: train.dcgan_lr) if net.arch == "dcgan" else train.lr
-    for flag, value, per_res in (("batch", a.batch, train.batch), ("lr", a.lr, run_lr)):
-        had = sorted({per_res(r) for r in res})
-        if value is not None and had != [value]:
-            wrong.append(f"--{flag} {value} (it has {', '.join(f'{h:g}' for h in had)})")
+    had = sorted({run_lr(r) for r in res})
+    if a.lr is not None and had != [a.lr]:
+        wrong.append(f"--lr {a.lr} (it has {', '.join(f'{h:g}' for h in had)})")
     if a.no_flips and train.flips:
         wrong.append("--no-flips (it trains with flips)")
     run_dir = Path(ck.path).parent
@@ -314,6 +322,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     if a.minutes is not None and a.minutes <= 0:
         raise ValueError(f"--minutes must be positive, got {a.minutes}")
+    if a.batch is not None and a.batch < 1:
+        raise ValueError(f"--batch must be at least 1 image, got {a.batch}")
     if a.resume is None and not a.data:
         raise ValueError("--data is required (or --resume a checkpoint)")
     if a.compile_cache is not None and not a.compile:

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -414,8 +415,8 @@ def resumed_configs(
     overrides: dict[str, Any] | None = None,
 ) -> tuple[NetConfig, TrainConfig]:
     """A checkpoint's own configs win on resume; only the step limit, an extension and the run-time
-    settings in `overrides` (amp, channels_last, compile, cuda_graph, tick_kimg, checkpoint_minutes) may
-    change. --cuda-graph holds for the command that gives it: a graphed run resumes eagerly without it
+    settings in `overrides` (amp, channels_last, compile, cuda_graph, tick_kimg, checkpoint_minutes, and the
+    minibatch) may change. --cuda-graph holds for the command that gives it: a graphed run resumes eagerly without it
     (on a CPU, say)."""
     extra = ck.train_cfg.get("extra_kimg", 0.0) + extend_kimg
     cfg = {**ck.train_cfg, "cuda_graph": False, **(overrides or {})}
@@ -992,6 +993,44 @@ def stop_if_not_finite(
     )
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    """torch's out-of-memory errors: CUDA's (torch.OutOfMemoryError) and the CPU allocator's RuntimeError."""
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
+    )
+
+
+def allocator_said(e: BaseException) -> str:
+    """The first line of an out-of-memory error (CUDA's goes on with advice on its allocator's settings),
+    without the CPU allocator's "[enforce fail at alloc_cpu.cpp:127] err == 0." before it."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return re.sub(r"^\[enforce fail[^]]*\]\s*err == 0\.\s*", "", line)[:240]
+
+
+def smaller_minibatch(batch: int) -> str:
+    """What to try after running out of memory with minibatch `batch`."""
+    if batch > 1:
+        return f"--batch {batch // 2}"
+    return "a smaller network (--fmap-max) or a device with more memory: even a minibatch of 1 does not fit"
+
+
+def out_of_memory_error(
+    e: BaseException, res: int, batch: int, device: torch.device, run_dir: Path, saved_nimg: int | None
+) -> TrainingError:
+    """The message for a step that ran out of memory: where, what the allocator said, what was kept and the
+    command that goes on from it with a smaller minibatch."""
+    kept = (
+        f"The last checkpoint (kimg {saved_nimg / 1000:.2f}) is in {run_dir}: continue it with a smaller "
+        f"minibatch, python -m trainer train --resume {run_dir} {smaller_minibatch(batch)}"
+        if saved_nimg is not None
+        else f"No checkpoint was written yet: start again with {smaller_minibatch(batch)}"
+    )
+    return TrainingError(
+        f"out of memory at {res}x{res} with minibatch {batch} on {device} ({allocator_said(e)}). Nothing since the last "
+        f"checkpoint was saved. {kept}"
+    )
+
+
 def train_loop(
     s: RunState,
     ctx: StepContext,
@@ -1032,6 +1071,7 @@ def train_loop(
     step_phase = -1
     phase_clock = (time.monotonic(), s.cur_nimg)  # when the current phase's step began, at which image
     last_checkpoint = time.monotonic()
+    saved_nimg = s.cur_nimg if (files.dir / "checkpoint.pt").exists() else None  # a resume's
     res = phases[locate(phases, s.cur_nimg)[0]].res
     done = s.cur_nimg >= total_nimg
     out_of_time = False
@@ -1041,12 +1081,19 @@ def train_loop(
         res = phase.res
         opt_G, opt_D = phase_optimizers(s, idx, phase.lr)
         batch = max(phase.batch // d.world, 1)
-        if step_phase != idx:  # a phase's step (and, with --cuda-graph, its graph)
-            step, step_phase = None, idx  # the last phase's graph goes before the next is captured
-            step = phase_step(s, ctx, reals_on_device[res], res, batch, opt_G, opt_D, phase.kind == "fade")
-            phase_clock = (time.monotonic(), s.cur_nimg)
-
-        tick.add(step(alpha))
+        try:
+            if step_phase != idx:  # a phase's step (and, with --cuda-graph, its graph)
+                step, step_phase = None, idx  # the last phase's graph goes before the next is captured
+                step = phase_step(
+                    s, ctx, reals_on_device[res], res, batch, opt_G, opt_D, phase.kind == "fade"
+                )
+                phase_clock = (time.monotonic(), s.cur_nimg)
+            tick.add(step(alpha))
+        except RuntimeError as e:  # one rank's: torchrun stops the others
+            if not is_out_of_memory(e):
+                raise
+            step = None  # its buffers go before the message
+            raise out_of_memory_error(e, res, phase.batch, ctx.device, files.dir, saved_nimg) from e
         taken += 1
         if setup is not None and taken in (1, SETUP_STEPS):  # two device syncs in a run
             if ctx.device.type == "cuda":
@@ -1089,7 +1136,7 @@ def train_loop(
             files.sample_grid(s, res, alpha, "end" if phase_end or done else "tick", cfg.grid_size)
             if phase_end or done or time.monotonic() - last_checkpoint >= cfg.checkpoint_minutes * 60:
                 files.checkpoint(s, res, gen_ranks)
-                last_checkpoint = time.monotonic()
+                last_checkpoint, saved_nimg = time.monotonic(), s.cur_nimg
             if (phase_end and phase.kind == "stab") or out_of_time:
                 files.snapshot(s, res)
     bar.close()

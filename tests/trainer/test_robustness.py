@@ -245,3 +245,57 @@ def test_compile_keeps_compiling_as_a_run_grows(
     (run,) = tmp_path.iterdir()
     assert Checkpoint.load(run).res == 32
     assert counter.frame_count == 4 * 7, counter.frame_count
+
+
+# a process held to 1 GiB more address space than it has once torch is loaded: its allocations fail for real
+LIMITED = """
+import resource, sys
+import torch
+from trainer.cli import main
+torch.zeros(1000).sum()
+vm = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + 2**30, vm + 2**30))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the address-space limit read from /proc")
+def test_running_out_of_memory_says_so_and_a_smaller_minibatch_goes_on(
+    faces_dir: Path, tmp_path: Path
+) -> None:
+    """A step that runs out of memory (for real: a minibatch of a million faces in a process held to 1 GiB
+    more address space) ends with a message naming the resolution, the minibatch and what the allocator said;
+    the checkpoint stays as it was and the command the message gives (`--resume RUN --batch N`: a run takes
+    a new minibatch) goes on from it. The --minutes throughput probe says the same before anything is
+    written."""
+    cache, out = tmp_path / "cache", tmp_path / "runs"
+    common = ["--cache-dir", str(cache), "--quiet"]
+    first = ["train", "--data", str(faces_dir), "--preset", "tiny", "--max-res", "8", "--max-steps", "2"]
+    assert main([*first, "--out", str(out), *common]) == 0
+    (run,) = out.iterdir()
+    before = (run / "checkpoint.pt").read_bytes()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+    def limited(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-c", LIMITED, *args, *common]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+
+    r = limited("train", "--resume", str(run), "--batch", str(2**20), "--max-steps", "4")
+    assert r.returncode == 2, r.stderr
+    assert "error: out of memory at 4x4 with minibatch 1048576 on cpu (DefaultCPUAllocator: can't" in r.stderr
+    assert f"The last checkpoint (kimg 0.02) is in {run}: continue it with a smaller minibatch" in r.stderr
+    said = r.stderr.split("python -m trainer ")[1].split()
+    assert said == ["train", "--resume", str(run), "--batch", "524288"]
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert (
+        main([*said[:-1], "8", "--max-steps", "4", *common]) == 0
+    )  # the command, with a minibatch that fits
+    ck = Checkpoint.load(run)
+    assert ck.cur_nimg == 2 * 8 + 2 * 8 and ck.train.batch(4) == 8
+
+    fresh = tmp_path / "fresh"
+    r = limited(*first[:-2], "--minutes", "5", "--batch", str(2**20), "--out", str(fresh))
+    assert r.returncode == 2, r.stderr
+    assert "the throughput probe ran out of memory at 4x4 with minibatch 1048576 on cpu" in r.stderr
+    assert "nothing was trained or written. Start again with --batch 524288" in r.stderr
+    assert not fresh.exists() or not any(fresh.iterdir())

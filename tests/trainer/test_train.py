@@ -465,13 +465,21 @@ def test_a_model_trains_further_with_its_own_preset_and_resolution(
 def test_a_run_refuses_flags_that_would_change_its_schedule(
     tiny_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A run's checkpoint continues on its own schedule: --max-res, --preset, --batch, … that disagree with it
-    are an error naming each, not silently dropped; the same values pass (scripts repeat them)."""
+    """A run's checkpoint continues on its own schedule: --max-res, --preset, --lr, … that disagree with it
+    are an error naming each, not silently dropped; the same values pass (scripts repeat them). --batch may
+    change (a run that ran out of memory goes on with a smaller minibatch), but not to nothing."""
     run = ["train", "--resume", str(tiny_run), "--dry-run"]
     assert main([*run, "--max-res", "32", "--preset", "fast", "--batch", "99", "--stab-kimg", "5"]) == 2
     err = capsys.readouterr().err
-    for part in ("--max-res 32 (it has 16)", "--preset fast (it has tiny)", "--batch 99 (it has 8)"):
+    for part in ("--max-res 32 (it has 16)", "--preset fast (it has tiny)"):
         assert part in err
+    assert "--batch" not in err
+    assert main([*run, "--batch", "4"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\nphase")[0])["train"]["default_batch"] == 4
+    assert (
+        main([*run, "--batch", "0"]) == 2
+        and "--batch must be at least 1 image, got 0" in capsys.readouterr().err
+    )
     assert "--stab-kimg 5.0 (it has 0.032)" in err and "export it" in err
     assert main([*run, "--lr", "0.5"]) == 2 and "--lr 0.5 (it has 0.002)" in capsys.readouterr().err
     # --out: a run continues in its own folder; another parent folder would be silently ignored
