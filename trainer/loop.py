@@ -800,6 +800,9 @@ class RunFiles:
     grid_z: Tensor  # [n, z_dim] fixed latents: every grid of a run shows the same faces
     writer: Any = None  # TensorBoard's SummaryWriter, when tensorboard is installed
     compile_cache: CompileCache | None = None  # --compile-cache: written with every checkpoint
+    # a continuation's config.json, written with its first checkpoint: one that stops before (out of memory,
+    # say) leaves config.json describing checkpoint.pt as it was
+    pending_config: dict[str, Any] | None = None
 
     @classmethod
     def open(
@@ -868,18 +871,18 @@ class RunFiles:
             # line per continuation: from which kimg, on what
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             resumes = [*first.get("resumes", []), {"from_kimg": s.cur_nimg / 1000, **where, "date": when}]
-            config = {**first, "train": s.cfg.to_json(), "resumes": resumes}
-        else:
-            config = {
-                "net": dataclasses.asdict(s.net),
-                "train": s.cfg.to_json(),
-                "data": s.data,
-                "num_images": s.num_images,
-                "cifar_class": cifar_class,
-                **where,
-                "data_index": s.data_index,
-                "resumed_from": None if resumed is None else resumed.path,
-            }
+            self.pending_config = {**first, "train": s.cfg.to_json(), "resumes": resumes}
+            return  # (and no plan: a continuation keeps its schedule)
+        config = {
+            "net": dataclasses.asdict(s.net),
+            "train": s.cfg.to_json(),
+            "data": s.data,
+            "num_images": s.num_images,
+            "cifar_class": cifar_class,
+            **where,
+            "data_index": s.data_index,
+            "resumed_from": None if resumed is None else resumed.path,
+        }
         path.write_text(json.dumps(config, indent=2))
         if probe:
             plan = describe_schedule(s.net, s.cfg, probe)
@@ -918,6 +921,9 @@ class RunFiles:
                 else "no checkpoint was written yet"
             )
             raise TrainingError(f"could not write a checkpoint ({e}; is the disk full?); {kept}") from e
+        if self.pending_config is not None:
+            (self.dir / "config.json").write_text(json.dumps(self.pending_config, indent=2))
+            self.pending_config = None
         if self.compile_cache is not None:
             self.compile_cache.save()
 

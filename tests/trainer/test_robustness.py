@@ -265,15 +265,15 @@ def test_running_out_of_memory_says_so_and_a_smaller_minibatch_goes_on(
 ) -> None:
     """A step that runs out of memory (for real: a minibatch of a million faces in a process held to 1 GiB
     more address space) ends with a message naming the resolution, the minibatch and what the allocator said;
-    the checkpoint stays as it was and the command the message gives (`--resume RUN --batch N`: a run takes
-    a new minibatch) goes on from it. The --minutes throughput probe says the same before anything is
-    written."""
+    the checkpoint and config.json stay as they were (a continuation writes its config with its first
+    checkpoint) and the command the message gives (`--resume RUN --batch N`: a run takes a new minibatch)
+    goes on from it. The --minutes throughput probe says the same before anything is written."""
     cache, out = tmp_path / "cache", tmp_path / "runs"
     common = ["--cache-dir", str(cache), "--quiet"]
     first = ["train", "--data", str(faces_dir), "--preset", "tiny", "--max-res", "8", "--max-steps", "2"]
     assert main([*first, "--out", str(out), *common]) == 0
     (run,) = out.iterdir()
-    before = (run / "checkpoint.pt").read_bytes()
+    before = {name: (run / name).read_bytes() for name in ("checkpoint.pt", "config.json")}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
     def limited(*args: str) -> subprocess.CompletedProcess[str]:
@@ -286,12 +286,14 @@ def test_running_out_of_memory_says_so_and_a_smaller_minibatch_goes_on(
     assert f"The last checkpoint (kimg 0.02) is in {run}: continue it with a smaller minibatch" in r.stderr
     said = r.stderr.split("python -m trainer ")[1].split()
     assert said == ["train", "--resume", str(run), "--batch", "524288"]
-    assert (run / "checkpoint.pt").read_bytes() == before
+    assert {name: (run / name).read_bytes() for name in before} == before  # config.json: as checkpoint.pt
     assert (
         main([*said[:-1], "8", "--max-steps", "4", *common]) == 0
     )  # the command, with a minibatch that fits
     ck = Checkpoint.load(run)
     assert ck.cur_nimg == 2 * 8 + 2 * 8 and ck.train.batch(4) == 8
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["default_batch"] == 8 and [r["from_kimg"] for r in config["resumes"]] == [0.016]
 
     fresh = tmp_path / "fresh"
     r = limited(*first[:-2], "--minutes", "5", "--batch", str(2**20), "--out", str(fresh))
