@@ -22,16 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from trainer.data import DataError  # noqa: E402
-from trainer.evaluate import (  # noqa: E402
-    Distance,
-    Instruments,
-    Measuring,
-    SetKey,
-    load_reals,
-    measure,
-    measured_reals,
-    resolve_device,
-)
+from trainer.evaluate import Distance, Instruments, Measuring, measure, real_side, resolve_device  # noqa: E402
 from trainer.metrics.samplers import ModelError, open_model, sample_batches  # noqa: E402
 
 
@@ -64,9 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         dev = resolve_device(how.device)
         model = open_model(a.model, dev)
         tools = Instruments.open(how, dev)
-        reals, _, src = load_reals(a.data, a.res, None, progress=True)
-        idx = np.random.default_rng(how.seed).permutation(len(reals))[: min(a.real_num, len(reals))]
-        real, _ = measured_reals(reals, idx, SetKey(a.data, src, a.res, how.seed), tools)
+        real = real_side(a.data, a.res, a.real_num, how, tools).measures
     except (DataError, ModelError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,16 @@
 Imports neither torch nor onnxruntime; the trainer's exporter writes these types, the service reads them.
 """
 
-from contract.latents import RNG, RNG_DOC, SEED_MAX, TRUNCATION_DOC, z_for_seed, z_for_seeds
+from contract.latents import (
+    MIN_TRUNCATION,
+    RNG,
+    RNG_DOC,
+    SEED_MAX,
+    TRUNCATION_DOC,
+    truncate,
+    z_for_seed,
+    z_for_seeds,
+)
 from contract.manifest import (
     MANIFEST_FILE,
     SCHEMA_VERSION,
@@ -24,6 +33,7 @@ from contract.manifest import (
 
 __all__ = [
     "MANIFEST_FILE",
+    "MIN_TRUNCATION",
     "RNG",
     "RNG_DOC",
     "SCHEMA_VERSION",
@@ -41,6 +51,7 @@ __all__ = [
     "read_manifest",
     "sha256_of",
     "total_bytes",
+    "truncate",
     "verify_files",
     "z_for_seed",
     "z_for_seeds",

@@ -8,6 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 
 SEED_MAX = 2**32 - 1
+MIN_TRUNCATION = (
+    0.1  # the service's and evaluate's least t (below it, nearly every entry is drawn again and again)
+)
 RNG = "numpy.random.default_rng(seed).standard_normal(z_dim, dtype=numpy.float32)"  # manifest latent.rng
 RNG_DOC = f"z = {RNG}"
 TRUNCATION_DOC = (
@@ -20,7 +23,12 @@ def z_for_seed(seed: int, z_dim: int, truncation: float | None = None) -> np.nda
     """The latent a seed maps to, [z_dim] float32; see RNG_DOC and TRUNCATION_DOC."""
     assert 0 <= seed <= SEED_MAX, f"seed {seed} outside 0..{SEED_MAX}"
     rng = np.random.default_rng(seed)
-    z = rng.standard_normal(z_dim, dtype=np.float32)
+    return truncate(rng.standard_normal(z_dim, dtype=np.float32), rng, truncation)
+
+
+def truncate(z: np.ndarray, rng: np.random.Generator, truncation: float | None) -> np.ndarray:
+    """float32 `z` (any shape) with its entries beyond [-t, t] redrawn from `rng` until none is (TRUNCATION_DOC;
+    in place); as it is without truncation."""
     if truncation is not None:
         t = np.float32(min(truncation, float(np.finfo(np.float32).max)))  # compared in z's float32
         mask = np.abs(z) > t

@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from contract import SEED_MAX, LatentSpec, Provenance
+from contract import MIN_TRUNCATION, SEED_MAX, LatentSpec, Provenance
 
 LATENT_ABS_MAX = 1e4  # |z| of a normal sample is < 7; the bound keeps z**2 far from float32 overflow
 
@@ -32,9 +32,11 @@ Latent = Annotated[
 Truncation = Annotated[
     float,
     Field(
-        ge=0.1,
+        ge=MIN_TRUNCATION,
         allow_inf_nan=False,
-        description="Draw z from a normal truncated to [-t, t]: less variety, more fidelity. Seeds only.",
+        description="Draw z from a normal truncated to [-t, t] (entries beyond it drawn again). Seeds only. "
+        "ProGAN normalises z first, so on its models this changes which faces a seed gives, not their quality "
+        "or variety (measured: docs/evaluation.md).",
     ),
 ]
 StillFormat = Literal["png", "jpeg", "webp"]

@@ -7,6 +7,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -230,6 +231,31 @@ class Distance:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class RealSide:
+    """The real faces a model is compared with: their measures, the cache file they are kept in, how many
+    images the data holds and at what native size."""
+
+    measures: SetMeasures
+    cache_file: Path
+    images: int
+    native: int
+
+
+def real_side(data: str, res: int, num: int, how: Measuring, tools: Instruments) -> RealSide:
+    """`num` of the data's faces at `res` (the seed's subset; all of them if fewer), measured once and then
+    read from the cache: what `evaluate` compares with, for the benches that compare the same way."""
+    reals, native, src = load_reals(data, res, how.data_cache_dir, how.progress)
+    n_real = min(num, len(reals))
+    if n_real < num:
+        log.warning(
+            "the data has %d images, fewer than --num %d: the real side uses all of them", len(reals), num
+        )
+    idx = np.random.default_rng(how.seed).permutation(len(reals))[:n_real]
+    measures, cache_file = measured_reals(reals, idx, SetKey(data, src, res, how.seed), tools)
+    return RealSide(measures, cache_file, len(reals), native)
+
+
 def evaluate(
     model_path: str,
     data: str,
@@ -237,25 +263,28 @@ def evaluate(
     res: int | None = None,
     num: int = 10_000,
     how: Measuring = Measuring(),
+    truncation: float | None = None,
 ) -> dict[str, Any]:
-    """Every figure as one flat dict (the metrics_<res>.json written by the CLI)."""
+    """Every figure as one flat dict (the metrics_<res>.json written by the CLI). `truncation`: z drawn as
+    the service's `truncation` draws it (each entry within [-t, t]), to measure what it trades."""
     t0 = time.perf_counter()
     how = how.checked(num)
+    from contract import MIN_TRUNCATION  # here: a GPU machine trains without pydantic, which contract needs
+
+    if truncation is not None and not (math.isfinite(truncation) and truncation >= MIN_TRUNCATION):
+        raise ValueError(
+            f"--truncation must be a number >= {MIN_TRUNCATION} (as the service's), got {truncation}"
+        )
     dev = resolve_device(how.device)
     model = open_model(model_path, dev)
     res = pick_resolution(model, res)
     tools = Instruments.open(how, dev)
-    reals, native, src = load_reals(data, res, how.data_cache_dir, how.progress)
-
-    n_real = min(num, len(reals))
-    if n_real < num:
-        log.warning(
-            "the data has %d images, fewer than --num %d: the real side uses all of them", len(reals), num
-        )
-    idx = np.random.default_rng(how.seed).permutation(len(reals))[:n_real]
-    real, real_file = measured_reals(reals, idx, SetKey(data, src, res, how.seed), tools)
-    fakes = sample_batches(model, num, res, how.batch, seed=how.seed + 1)
-    fake = measure(fakes, num, tools, f"generated {res}x{res}")
+    reals = real_side(data, res, num, how, tools)
+    real = reals.measures
+    fakes = sample_batches(model, num, res, how.batch, seed=how.seed + 1, truncation=truncation)
+    fake = measure(
+        fakes, num, tools, f"generated {res}x{res}" + (f", truncation {truncation:g}" if truncation else "")
+    )
 
     dist = Distance.between(real, fake, how.seed, "generated", "real")
     levels = num_scales(res)
@@ -272,15 +301,16 @@ def evaluate(
         "face_rate": fake.face_rate,
         "face_rate_real": real.face_rate,
         "face_detector": DetectorParams().describe(),
+        "truncation": truncation,
         "data": str(Path(data).expanduser().resolve()),
-        "data_images": len(reals),
-        "data_native_res": native,
-        "data_resized": native != res,
+        "data_images": reals.images,
+        "data_native_res": reals.native,
+        "data_resized": reals.native != res,
         "model": str(Path(model_path).expanduser().resolve()),
         "arch": model.arch,
         "model_info": model.describe(),
         "inception": tools.inception.describe(),
-        "real_cache": str(real_file),
+        "real_cache": str(reals.cache_file),
         "device": dev,
         "seed": how.seed,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -300,7 +330,9 @@ def markdown_table(m: dict[str, Any]) -> str:
         ("face rate ↑", f"{m['face_rate']:.1%}", f"{m['face_rate_real']:.1%}"),
     ]
     lines = [
-        f"### {m['arch']} at {m['resolution']}x{m['resolution']}: {m['num']:,} generated vs {m['num_real']:,} real images",
+        f"### {m['arch']} at {m['resolution']}x{m['resolution']}: {m['num']:,} generated"
+        + (f" (truncation {m['truncation']:g})" if m.get("truncation") is not None else "")
+        + f" vs {m['num_real']:,} real images",
         "",
         "| metric | model | real data |",
         "| --- | --- | --- |",
@@ -354,15 +386,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--res", type=int, help="resolution to evaluate (default: the model's highest)")
     p.add_argument("--num", type=int, default=10_000, help="generated images, and real ones (default 10000)")
     p.add_argument("--out", help="folder for metrics_RES.json and .md (default: the model's folder)")
+    p.add_argument(
+        "--truncation",
+        type=float,
+        help="draw z as the service's truncation t does (each entry within [-t, t]); writes "
+        "metrics_RES-tT.json, which add-metrics does not embed (the model's figures are untruncated)",
+    )
     add_measuring_arguments(p, "latents use seed + 1, the real subset seed")
 
 
 def run(a: argparse.Namespace) -> int:
-    m = evaluate(a.model, a.data, res=a.res, num=a.num, how=Measuring.from_args(a))
+    m = evaluate(a.model, a.data, res=a.res, num=a.num, how=Measuring.from_args(a), truncation=a.truncation)
     out = Path(a.out) if a.out else default_out(a.model)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(m)
-    name = f"metrics_{m['resolution']}"
+    name = f"metrics_{m['resolution']}" + (f"-t{a.truncation:g}" if a.truncation is not None else "")
     (out / f"{name}.json").write_text(json.dumps(m, indent=1))
     (out / f"{name}.md").write_text(table)
     print(table)

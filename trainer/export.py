@@ -617,6 +617,11 @@ def read_metrics_files(files: list[str]) -> list[dict[str, Any]]:
             raise ValueError(f"cannot read metrics file {f}: {e}") from e
         if not isinstance(m, dict) or "resolution" not in m:
             raise ValueError(f"{f} has no 'resolution'; is it a metrics_RES.json written by `evaluate`?")
+        if m.get("truncation") is not None:
+            raise ValueError(
+                f"{f} measured z truncated to {m['truncation']:g}: a model's figures are of its plain samples "
+                "(evaluate without --truncation)"
+            )
         metrics.append(m)
     return metrics
 

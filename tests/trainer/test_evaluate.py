@@ -348,3 +348,91 @@ def test_output_filter_bench_measures_both_forms(
     assert "--via must be between 8 and --res (16)" in capsys.readouterr().err
     img = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
     assert output_filter.round_trip(img, 12).shape == (2, 16, 16, 3)
+
+
+def test_truncation_is_measured_as_the_service_draws_it(
+    tiny_model_dir: Path, faces_dir: Path, cache_dir: Path, fid_cache: Path, tmp_path: Path, capsys
+) -> None:
+    """`evaluate --truncation t` generates from z drawn as the service's truncation draws it (contract.truncate:
+    every entry within [-t, t]) into its own metrics_RES-tT.json, which add-metrics refuses: a model's figures
+    are of its plain samples. A t the service would refuse is refused here too. scripts/truncation.py puts
+    a row per t in one table and draws the figures."""
+    import shutil
+
+    from contract import truncate
+    from scripts import truncation
+    from trainer.metrics.samplers import open_model, sample_batches
+
+    model = open_model(str(tiny_model_dir))
+    rng = np.random.default_rng(3)
+    z = truncate(rng.standard_normal((4, model.z_dim), dtype=np.float32), rng, 0.5)
+    assert np.abs(z).max() <= 0.5
+    (got,) = sample_batches(model, 4, 16, 4, seed=3, truncation=0.5)
+    (plain,) = sample_batches(model, 4, 16, 4, seed=3)
+    assert np.array_equal(got, model(z, 16)) and not np.array_equal(got, plain)
+
+    common = ["--data", str(faces_dir), "--num", str(NUM), "--cache-dir", str(fid_cache)]
+    common += ["--data-cache-dir", str(cache_dir), "--quiet"]
+    rc, out, err = run_cli(
+        [str(tiny_model_dir), *common, "--truncation", "0.5", "--out", str(tmp_path)], capsys
+    )
+    assert rc == 0, err
+    assert sorted(p.name for p in tmp_path.glob("metrics_*")) == [
+        "metrics_16-t0.5.json",
+        "metrics_16-t0.5.md",
+    ]
+    assert json.loads((tmp_path / "metrics_16-t0.5.json").read_text())["truncation"] == 0.5
+    assert "generated (truncation 0.5) vs" in out
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    assert main(["add-metrics", str(folder), str(tmp_path / "metrics_16-t0.5.json")]) == 2
+    assert "measured z truncated to 0.5" in capsys.readouterr().err
+    for bad in ("0.05", "nan"):
+        rc, _, err = run_cli([str(tiny_model_dir), *common, "--truncation", bad], capsys)
+        assert rc == 2 and "--truncation must be a number >= 0.1" in err
+
+    plot = tmp_path / "truncation.png"
+    args = [
+        str(tiny_model_dir),
+        "--data",
+        str(faces_dir),
+        "--num",
+        str(NUM),
+        "--quiet",
+        "--values",
+        "none",
+        "0.5",
+    ]
+    assert truncation.main([*args, "--batch", "8", "--plot", str(plot)]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [r[1].strip() for r in rows[-2:]] == ["none", "0.5"] and plot.stat().st_size > 5000
+    with pytest.raises(SystemExit):
+        truncation.main([*args[:-2], "abc"])
+    assert "a truncation is a number or 'none'" in capsys.readouterr().err
+
+
+def test_feature_truncation_bench_pulls_the_first_features_to_their_mean(
+    tiny_model_dir: Path, faces_zip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench/feature_truncation.py: psi 1 is G as exported, psi 0 gives every z the mean face; a row per psi
+    (too few images for FID: KID only) and a picture; a psi outside [0, 1] is an error."""
+    from bench import feature_truncation as ft
+    from trainer.checkpoint import load_generator
+    from trainer.export import to_uint8_nhwc
+
+    G = load_generator(tiny_model_dir).G
+    mean = ft.feature_mean(G, 32)
+    z = np.random.default_rng(0).standard_normal((4, 32), dtype=np.float32)
+    as_is = to_uint8_nhwc(G(torch.from_numpy(z), 16)).numpy()
+    assert (
+        np.abs(ft.generate(G, z, mean, 1.0).astype(int) - as_is).max() <= 1
+    )  # mean + (x - mean): x, to a bit
+    same = ft.generate(G, z, mean, 0.0)
+    assert all(np.array_equal(same[0], x) for x in same[1:]) and not np.array_equal(same[0], as_is[0])
+    plot = tmp_path / "strip.png"
+    args = [str(tiny_model_dir), "--data", str(faces_zip), "--num", "16", "--real-num", "16", "--batch", "8"]
+    assert ft.main([*args, "--psi", "1", "0.5", "--plot", str(plot)]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][2:]
+    assert [r[1].strip() for r in rows] == ["1", "0.5"] and plot.stat().st_size > 1000
+    assert ft.main([*args, "--psi", "1.5"]) == 2
+    assert "--psi values must be between 0 and 1" in capsys.readouterr().err

@@ -129,13 +129,19 @@ def open_model(path: str | Path, device: str = "cpu") -> Sampler:
     )
 
 
-def sample_batches(model: Sampler, num: int, res: int, batch: int, seed: int = 0) -> Iterator[np.ndarray]:
-    """`num` images in batches of `batch`, z drawn from numpy's default_rng(seed), as the service does."""
+def sample_batches(
+    model: Sampler, num: int, res: int, batch: int, seed: int = 0, truncation: float | None = None
+) -> Iterator[np.ndarray]:
+    """`num` images in batches of `batch`, z drawn from numpy's default_rng(seed), as the service does; with
+    `truncation` t, each entry beyond [-t, t] redrawn as the service's `truncation` does (contract.truncate)."""
+    # imported here: training imports this module, and a GPU machine has no pydantic, which contract needs
+    from contract import truncate
+
     rng = np.random.default_rng(seed)
     done = 0
     while done < num:
         n = min(batch, num - done)
-        z = rng.standard_normal((n, model.z_dim), dtype=np.float32)  # [n, z_dim]
+        z = truncate(rng.standard_normal((n, model.z_dim), dtype=np.float32), rng, truncation)  # [n, z_dim]
         img = model(z, res)
         assert img.shape == (n, res, res, 3) and img.dtype == np.uint8, f"model gave {img.shape} {img.dtype}"
         yield img
