@@ -408,7 +408,8 @@ def _cache_file(path: Path) -> Iterator[tuple[Alloc, Callable[[np.ndarray], None
     """Images decoded (or downsampled) straight into the cache file `path`, with no in-memory copy of them
     and no second pass to write them (3.9 GB for 20k faces at 256 px: seconds of a GPU lease). Yields
     `alloc` (an `Alloc` that maps the new file) and `done(arr)`: given the `alloc` array, the file is
-    complete; given another (fewer images, or a source decoded elsewhere), that is saved instead. The temporary file becomes `path` only through `done`.
+    complete; given another (fewer images, or a source decoded elsewhere), that is saved instead. The
+    temporary file becomes `path` only through `done`.
     Like np.save before it, no fsync: the pages reach the disk when the system writes them back."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

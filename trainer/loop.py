@@ -416,8 +416,8 @@ def resumed_configs(
 ) -> tuple[NetConfig, TrainConfig]:
     """A checkpoint's own configs win on resume; only the step limit, an extension and the run-time
     settings in `overrides` (amp, channels_last, compile, cuda_graph, tick_kimg, checkpoint_minutes, and the
-    minibatch) may change. --cuda-graph holds for the command that gives it: a graphed run resumes eagerly without it
-    (on a CPU, say)."""
+    minibatch) may change. --cuda-graph holds for the command that gives it: a graphed run resumes eagerly
+    without it (on a CPU, say)."""
     extra = ck.train_cfg.get("extra_kimg", 0.0) + extend_kimg
     cfg = {**ck.train_cfg, "cuda_graph": False, **(overrides or {})}
     return ck.net, TrainConfig.from_json({**cfg, "max_steps": max_steps, "extra_kimg": extra})
@@ -1032,8 +1032,8 @@ def out_of_memory_error(
         else f"No checkpoint was written yet: start again with {smaller_minibatch(batch)}"
     )
     return TrainingError(
-        f"out of memory at {res}x{res} with minibatch {batch} on {device} ({allocator_said(e)}). Nothing since the last "
-        f"checkpoint was saved. {kept}"
+        f"out of memory at {res}x{res} with minibatch {batch} on {device} ({allocator_said(e)}). "
+        f"Nothing since the last checkpoint was saved. {kept}"
     )
 
 
